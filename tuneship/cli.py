@@ -1,0 +1,246 @@
+"""The ``tuneship`` command line: one click group, one library call per command.
+
+Heavy libraries (torch, transformers, peft, trl, vllm) are imported inside the
+commands, so ``tuneship --help`` answers instantly.
+"""
+
+from __future__ import annotations
+
+import functools
+import signal
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from tuneship import __version__
+from tuneship.config import field_help
+from tuneship.errors import TuneshipError
+
+
+def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn the project's exceptions into one clear line instead of a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except TuneshipError as e:
+            raise click.ClickException(str(e)) from None
+
+    return wrapper
+
+
+def _train_help(name: str) -> str:
+    from tuneship.train.train import TrainConfig
+
+    return field_help(TrainConfig, name)
+
+
+def _serve_help(name: str) -> str:
+    from tuneship.serve.server import ServeConfig
+
+    return field_help(ServeConfig, name)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="tuneship")
+def cli() -> None:
+    """Fine-tune an LLM, export it, serve it with vLLM, and prove it beats the base.
+
+    \b
+    The whole path on the default model:   tuneship demo
+    Stage by stage:
+      tuneship train  --data examples/tickets/train.jsonl --name tickets
+      tuneship export runs/tickets --out exports/tickets
+      tuneship serve  --adapter tickets=runs/tickets/adapter
+      tuneship ab     --base SmolLM2-135M-Instruct --adapter tickets --data examples/tickets/eval.jsonl
+    """
+
+
+@cli.command()
+@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
+              help="YAML file of training settings (CLI flags override it)")
+@click.option("--data", help=_train_help("data"))
+@click.option("--name", help=_train_help("name"))
+@click.option("--runs-dir", help=_train_help("runs_dir"))
+@click.option("--base", help=_train_help("base"))
+@click.option("--lora-r", type=int, help=_train_help("lora_r"))
+@click.option("--lora-alpha", type=int, help=_train_help("lora_alpha"))
+@click.option("--target-modules", help=_train_help("target_modules"))
+@click.option("--lr", "learning_rate", type=float, help=_train_help("learning_rate"))
+@click.option("--max-steps", type=int, help=_train_help("max_steps"))
+@click.option("--epochs", type=float, help=_train_help("epochs"))
+@click.option("--batch-size", type=int, help=_train_help("batch_size"))
+@click.option("--grad-accum", type=int, help=_train_help("grad_accum"))
+@click.option("--max-length", type=int, help=_train_help("max_length"))
+@click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), help=_train_help("precision"))
+@click.option("--seed", type=int, help=_train_help("seed"))
+@click.option("--save-steps", type=int, help=_train_help("save_steps"))
+@click.option("--skip-invalid", is_flag=True, default=None, help=_train_help("skip_invalid"))
+@click.option("--resume", is_flag=True, help="continue an interrupted run from its last checkpoint")
+@click.option("--force", is_flag=True, help="replace an existing run of the same name")
+@friendly_errors
+def train(config_file: str | None, resume: bool, force: bool, **overrides: Any) -> None:
+    """Train a LoRA adapter on a JSONL dataset (writes runs/NAME/)."""
+    from tuneship.config import load_config
+    from tuneship.train.train import TrainConfig, train_lora
+
+    config = load_config(TrainConfig, config_file, **overrides)
+    result = train_lora(config, force=force, resume=resume)
+    click.echo(f"Trained {result.summary['steps']} steps, final loss {result.summary['train_loss']}")
+    click.echo(f"Adapter: {result.adapter_dir}")
+    click.echo(f"Run record: {result.run_dir / 'run.yaml'}")
+
+
+@cli.command()
+@click.argument("source", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", required=True, type=click.Path(), help="directory for the merged model")
+@click.option("--base", help="base model (default: the one recorded in the run's lineage)")
+@click.option("--dtype", type=click.Choice(["bf16", "fp16", "fp32"]), default="bf16", show_default=True,
+              help="dtype of the saved weights")
+@click.option("--shard-size", default="2GB", show_default=True, help="maximum size of one safetensors shard")
+@click.option("--force", is_flag=True, help="replace an existing export")
+@friendly_errors
+def export(source: str, out: str, base: str | None, dtype: str, shard_size: str, force: bool) -> None:
+    """Merge a run's adapter into its base model and save checked safetensors."""
+    from tuneship.export.merge import export_merged
+
+    result = export_merged(source, out, base, dtype=dtype, shard_size=shard_size, force=force)
+    p = result.parity
+    click.echo(f"Parity with base + adapter: max |logit diff| {p['max_abs_logit_diff']:.4f}, "
+               f"greedy agreement {p['greedy_agreement']:.1%} over {p['positions']} positions")
+    click.echo(f"Merged model: {result.out}")
+
+
+def _parse_adapters(values: tuple[str, ...]) -> dict[str, str]:
+    adapters = {}
+    for value in values:
+        name, sep, path = value.partition("=")
+        if not sep or not name or not path:
+            raise click.BadParameter(f"{value!r}: expected NAME=PATH", param_hint="--adapter")
+        adapters[name] = path
+    return adapters
+
+
+@cli.command()
+@click.option("--base", help=_serve_help("base"))
+@click.option("--served-name", help=_serve_help("served_name"))
+@click.option("--adapter", "adapters", multiple=True, metavar="NAME=PATH", help="LoRA adapter to serve (repeatable)")
+@click.option("--host", help=_serve_help("host"))
+@click.option("--port", type=int, help=_serve_help("port"))
+@click.option("--api-key", envvar="TUNESHIP_API_KEY", help=_serve_help("api_key") + " [env: TUNESHIP_API_KEY]")
+@click.option("--max-loras", type=int, help=_serve_help("max_loras"))
+@click.option("--max-model-len", type=int, help=_serve_help("max_model_len"))
+@click.option("--kv-cache-gb", type=int, help=_serve_help("kv_cache_gb"))
+@click.option("--gpu-memory-utilization", type=float, help=_serve_help("gpu_memory_utilization"))
+@click.option("--tensor-parallel-size", type=int, help=_serve_help("tensor_parallel_size"))
+@click.option("--log-file", help=_serve_help("log_file"))
+@click.option("--vllm-arg", "extra_args", multiple=True, help="extra flag passed to vLLM as is (repeatable)")
+@friendly_errors
+def serve(adapters: tuple[str, ...], extra_args: tuple[str, ...], **options: Any) -> None:
+    """Serve the base model and LoRA adapters with vLLM (OpenAI-compatible) until Ctrl-C."""
+    from tuneship.config import load_config
+    from tuneship.serve.server import ServeConfig, VLLMServer
+
+    config = load_config(ServeConfig, None, adapters=_parse_adapters(adapters) or None,
+                         extra_args=list(extra_args) or None, **options)
+    server = VLLMServer(config)
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # run the cleanup below on SIGTERM too
+    click.echo(f"Starting vLLM (log: {server.log_path}) ...")
+    server.start()
+    try:
+        server.wait_ready()
+        click.echo(f"Ready at {server.url}")
+        for name in server.served_names:
+            click.echo(f"  model: {name}")
+        click.echo("Press Ctrl-C to stop.")
+        server.process.wait()  # type: ignore[union-attr]
+        raise click.ClickException(f"vLLM exited with code {server.process.returncode}:\n{server.log_tail()}")  # type: ignore[union-attr]
+    except KeyboardInterrupt:
+        click.echo("Stopping ...")
+    finally:
+        server.stop()
+
+
+def _eval_settings(endpoint: str, data: str, out: str, scorers: tuple[str, ...], api_key: str | None,
+                   limit: int | None, concurrency: int, max_tokens: int) -> Any:
+    from tuneship.clients.evaluate import EvalSettings
+    from tuneship.clients.runner import Sampling
+
+    return EvalSettings(endpoint=endpoint, data=data, out=out, scorers=list(scorers), api_key=api_key,
+                        limit=limit, concurrency=concurrency, sampling=Sampling(max_tokens=max_tokens))
+
+
+def eval_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    options = [
+        click.option("--endpoint", default="http://127.0.0.1:8000/v1", show_default=True,
+                     help="OpenAI-compatible base URL"),
+        click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False),
+                     help="JSONL evaluation items (messages or prompt, with references)"),
+        click.option("--out", default=None, help="report directory (default: reports/<model or ab>)"),
+        click.option("--scorer", "scorers", multiple=True,
+                     help="scorer to apply (repeatable; default: chosen from the references)"),
+        click.option("--api-key", envvar="TUNESHIP_API_KEY", help="API key for the endpoint"),
+        click.option("--limit", type=int, help="only the first N items"),
+        click.option("--concurrency", default=16, show_default=True, help="requests in flight"),
+        click.option("--max-tokens", default=128, show_default=True, help="maximum tokens per answer"),
+    ]
+    for option in reversed(options):
+        fn = option(fn)
+    return fn
+
+
+@cli.command(name="eval")
+@click.option("--model", required=True, help="served model name to evaluate")
+@eval_options
+@friendly_errors
+def eval_(model: str, out: str | None, **kwargs: Any) -> None:
+    """Score one served model on evaluation data through the OpenAI API."""
+    from tuneship.clients.evaluate import evaluate
+
+    summary = evaluate(_eval_settings(out=out or f"reports/{model}", **kwargs), model)
+    for metric, value in summary["scores"].items():
+        click.echo(f"{metric:>12}: {value:.3f}")
+    click.echo(f"Report: {summary['report']}")
+
+
+@cli.command()
+@click.option("--base", required=True, help="served name of the base model")
+@click.option("--adapter", "adapters", multiple=True, required=True, help="served adapter name (repeatable)")
+@click.option("--alpha", default=0.05, show_default=True, help="significance level")
+@eval_options
+@friendly_errors
+def ab(base: str, adapters: tuple[str, ...], alpha: float, out: str | None, **kwargs: Any) -> None:
+    """A/B compare adapters with their base model on the same items (paired statistics)."""
+    from tuneship.clients.evaluate import ab_compare
+    from tuneship.clients.report import ab_table
+
+    result = ab_compare(_eval_settings(out=out or "reports/ab", **kwargs), base, list(adapters), alpha)
+    for warning in result["warnings"]:
+        click.secho(warning, fg="red", err=True)
+    click.echo(ab_table(result))
+    click.echo(f"Report: {result['report']}")
+
+
+@cli.command()
+@click.option("--workdir", default=".", show_default=True, type=click.Path(file_okay=False),
+              help="where runs/, exports/ and reports/ go")
+@click.option("--max-steps", default=None, type=int, help="training steps (default: from the demo preset)")
+@click.option("--port", default=8011, show_default=True, help="port for the demo's vLLM server")
+@friendly_errors
+def demo(workdir: str, max_steps: int | None, port: int) -> None:
+    """Run the whole path on the default model and the support-ticket example."""
+    from tuneship.demo import run_demo
+
+    run_demo(Path(workdir), max_steps=max_steps, port=port)
+
+
+def main() -> None:
+    cli()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,93 @@
+"""``tuneship demo``: the whole path on the default model and the support-ticket example.
+
+train a LoRA adapter -> export a merged model (with parity check) -> start vLLM with
+the base model and the adapter -> A/B evaluate both on held-out tickets through the
+OpenAI API -> print the table and where everything went -> stop the server.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from tuneship.errors import TuneshipError
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "examples" / "tickets"
+PRESET = REPO / "train" / "configs" / "demo.yaml"
+ADAPTER_NAME = "tickets"
+
+
+def run_demo(workdir: Path, max_steps: int | None = None, port: int = 8011) -> dict:
+    from tuneship.clients.evaluate import EvalSettings, ab_compare
+    from tuneship.clients.report import ab_table
+    from tuneship.clients.runner import Sampling
+    from tuneship.config import load_config
+    from tuneship.export.merge import export_merged
+    from tuneship.models import resolve_base
+    from tuneship.serve.server import ServeConfig, VLLMServer
+    from tuneship.train.train import TrainConfig, train_lora
+
+    console = Console()
+    started = time.time()
+    train_file, eval_file = EXAMPLES / "train.jsonl", EXAMPLES / "eval.jsonl"
+    if not train_file.is_file() or not eval_file.is_file():
+        raise TuneshipError(f"example data missing in {EXAMPLES}; run: python examples/make_tickets.py")
+
+    def step(n: int, text: str) -> None:
+        console.rule(f"[bold]{n}/5 {text}[/] ({time.time() - started:.0f}s)")
+
+    step(1, "Base model")
+    base = resolve_base("default")
+    console.print(f"{base.name} at {base.path}")
+
+    step(2, "Train a LoRA adapter")
+    config = load_config(TrainConfig, PRESET, data=str(train_file), runs_dir=str(workdir / "runs"),
+                         max_steps=max_steps)
+    run = train_lora(config, force=True)
+    console.print(f"adapter: {run.adapter_dir} ({run.summary['steps']} steps, loss {run.summary['train_loss']})")
+
+    step(3, "Export a merged model")
+    export = export_merged(run.run_dir, workdir / "exports" / config.name, force=True)
+    console.print(f"merged model: {export.out} (parity: max |logit diff| "
+                  f"{export.parity['max_abs_logit_diff']:.3f}, greedy agreement {export.parity['greedy_agreement']:.1%})")
+
+    step(4, "Serve base + adapter with vLLM")
+    serve_config = ServeConfig(adapters={ADAPTER_NAME: str(run.adapter_dir)}, port=port,
+                               log_file=str(workdir / "logs" / "demo-vllm.log"))
+    server = VLLMServer(serve_config)
+    with console.status(f"starting vLLM on port {port} (log: {server.log_path})"):
+        server.start()
+        try:
+            server.wait_ready()
+        except BaseException:
+            server.stop()
+            raise
+    try:
+        console.print(f"serving {', '.join(server.served_names)} at {server.url}")
+        step(5, "A/B evaluation on held-out tickets")
+        settings = EvalSettings(endpoint=server.url, data=str(eval_file), out=str(workdir / "reports" / config.name),
+                                sampling=Sampling(max_tokens=64))
+        _clear_answers(Path(settings.out))
+        result = ab_compare(settings, base.name, [ADAPTER_NAME])
+    finally:
+        server.stop()
+    console.rule(f"[bold]Result[/] ({time.time() - started:.0f}s)")
+    for warning in result["warnings"]:
+        console.print(f"[red]{warning}[/]")
+    console.print(ab_table(result))
+    primary = result["comparisons"][ADAPTER_NAME][0]
+    verdict = "beats" if primary["verdict"] == "better" else "does not clearly beat"
+    console.print(f"\nThe adapter {verdict} the base on {primary['metric']}: "
+                  f"{primary['adapter_mean']:.1%} vs {primary['base_mean']:.1%} (p = {primary['p_value']:.2g}).")
+    console.print(f"adapter: {run.adapter_dir}\nexport:  {export.out}\nreport:  {result['report']}")
+    return {"run": run, "export": export, "ab": result}
+
+
+def _clear_answers(out: Path) -> None:
+    """A fresh adapter gives new answers; never reuse answers recorded for an older one."""
+    import shutil
+
+    shutil.rmtree(out / "answers", ignore_errors=True)

@@ -1,0 +1,32 @@
+"""The project's exceptions. Library code raises these; the CLI turns them into one line."""
+
+from __future__ import annotations
+
+
+class TuneshipError(Exception):
+    """A problem the user can fix (bad input, missing file, refused operation)."""
+
+
+class DataError(TuneshipError):
+    """A dataset file is unreadable or has invalid rows."""
+
+    def __init__(self, message: str, problems: list[str] | None = None) -> None:
+        self.problems = problems or []
+        detail = "".join(f"\n  {p}" for p in self.problems)
+        super().__init__(message + detail)
+
+
+class ModelError(TuneshipError):
+    """A base model cannot be found, downloaded or loaded."""
+
+
+class ArtifactError(TuneshipError):
+    """An artifact (run, adapter, export) is missing, incomplete or inconsistent."""
+
+
+class ServerError(TuneshipError):
+    """The vLLM server failed to start or stopped answering."""
+
+
+class EvalError(TuneshipError):
+    """An evaluation could not run (unreachable endpoint, unknown model, bad data)."""
