@@ -87,6 +87,8 @@ async def _generate_all(items: list[EvalItem], model: str, client: Any, sampling
             }
 
     with out.open("a") as f:
+        if out.stat().st_size and not out.read_bytes().endswith(b"\n"):
+            f.write("\n")  # end a line cut short by an interruption so the next record stays whole
         for task in asyncio.as_completed([one(item) for item in items]):
             record = await task
             f.write(json.dumps(record) + "\n")

@@ -51,7 +51,7 @@ def test_unknown_setting_in_yaml_is_named(tmp_path):
 
 
 def test_every_shipped_preset_loads():
-    from conftest import REPO
+    from helpers import REPO
 
     from tuneship.config import load_config
     from tuneship.train.train import TrainConfig

@@ -52,7 +52,7 @@ def test_unknown_model_and_wrong_parent_are_refused(live_server, eval_file, tmp_
 
 
 def test_unreachable_endpoint_is_a_clear_error(eval_file, tmp_path):
-    from conftest import free_port
+    from helpers import free_port
 
     settings = EvalSettings(endpoint=f"http://127.0.0.1:{free_port()}/v1", data=str(eval_file), out=str(tmp_path))
     with pytest.raises(EvalError, match="cannot reach"):

@@ -35,7 +35,7 @@ def test_every_bad_row_is_reported_with_file_and_line(tmp_path):
         load_dataset(path)
     text = str(info.value)
     assert "4 invalid row(s)" in text
-    for line, reason in ((2, "invalid JSON"), (3, "missing field 'completion'"), (5, "is empty"),
+    for line, reason in ((2, "invalid JSON"), (3, "missing field 'completion'"), (5, "field 'completion' is empty"),
                          (6, "expected a JSON object")):
         assert f"{path}:{line}: {reason}" in text
 
@@ -62,7 +62,7 @@ def test_skip_invalid_keeps_the_good_rows(tmp_path, capsys):
 
 
 def test_example_data_is_valid_in_both_forms():
-    from conftest import TICKETS
+    from helpers import TICKETS
 
     for name, fmt, n in (("train.jsonl", "messages", 600), ("train.prompt.jsonl", "prompt-completion", 600),
                          ("eval.jsonl", "messages", 150), ("eval.prompt.jsonl", "prompt-completion", 150)):
@@ -77,7 +77,7 @@ def test_example_generator_is_reproducible(tmp_path):
     import subprocess
     import sys
 
-    from conftest import REPO, TICKETS
+    from helpers import REPO, TICKETS
 
     subprocess.run([sys.executable, str(REPO / "examples" / "make_tickets.py"), "--out", str(tmp_path)], check=True)
     for name in ("train.jsonl", "eval.jsonl", "train.prompt.jsonl", "eval.prompt.jsonl"):
