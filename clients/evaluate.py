@@ -18,6 +18,7 @@ from tuneship.clients.report import write_ab_report, write_eval_report
 from tuneship.clients.runner import Sampling, generate, list_models
 from tuneship.clients.scorers import SCORERS, default_scorers
 from tuneship.clients.stats import Comparison, compare, holm
+
 from tuneship.errors import EvalError
 
 # When an adapter answers byte-for-byte like the base on at least this share of
@@ -52,8 +53,17 @@ def _score(items: list[EvalItem], answers: dict[str, dict], names: list[str]) ->
 
 def _run_arm(settings: EvalSettings, items: list[EvalItem], model: str, progress: Any) -> dict[str, dict]:
     out = Path(settings.out) / "answers" / f"{model}.jsonl"
-    return generate(items, model, settings.endpoint, out, settings.sampling, settings.api_key,
-                    settings.concurrency, settings.timeout, progress=progress)
+    return generate(
+        items,
+        model,
+        settings.endpoint,
+        out,
+        settings.sampling,
+        settings.api_key,
+        settings.concurrency,
+        settings.timeout,
+        progress=progress,
+    )
 
 
 def _progress(total: int, label: str) -> Any:
@@ -102,19 +112,31 @@ def ab_compare(settings: EvalSettings, base: str, adapters: list[str], alpha: fl
     comparisons: dict[str, list[Comparison]] = {}
     for adapter in adapters:
         comparisons[adapter] = [
-            compare(n, SCORERS[n].kind, scores[base][n], scores[adapter][n], alpha, SCORERS[n].higher_is_better)
+            compare(
+                n, SCORERS[n].kind, scores[base][n], scores[adapter][n], alpha, SCORERS[n].higher_is_better
+            )
             for n in names
         ]
     _adjust_for_multiple_comparisons(comparisons, alpha)
     warnings = []
     for adapter in adapters:
-        same = sum(answers[adapter][i.id]["output"] == answers[base][i.id]["output"] for i in items) / len(items)
+        same = sum(answers[adapter][i.id]["output"] == answers[base][i.id]["output"] for i in items) / len(
+            items
+        )
         if same >= IDENTICAL_WARNING:
-            warnings.append(f"WARNING: {adapter} answered exactly like {base} on {same:.0%} of items; "
-                            "the adapter is probably not applied")
-    result = {"base": base, "adapters": adapters, "items": len(items), "alpha": alpha, "warnings": warnings,
-              "comparisons": {a: [c.as_dict() for c in cs] for a, cs in comparisons.items()},
-              "primary_metric": names[0]}
+            warnings.append(
+                f"WARNING: {adapter} answered exactly like {base} on {same:.0%} of items; "
+                "the adapter is probably not applied"
+            )
+    result = {
+        "base": base,
+        "adapters": adapters,
+        "items": len(items),
+        "alpha": alpha,
+        "warnings": warnings,
+        "comparisons": {a: [c.as_dict() for c in cs] for a, cs in comparisons.items()},
+        "primary_metric": names[0],
+    }
     result["report"] = str(write_ab_report(Path(settings.out), result, items, answers, scores))
     return result
 
@@ -126,7 +148,7 @@ def _adjust_for_multiple_comparisons(comparisons: dict[str, list[Comparison]], a
     metrics = {c.metric for cs in comparisons.values() for c in cs}
     for metric in metrics:
         cells = [c for cs in comparisons.values() for c in cs if c.metric == metric]
-        for c, p in zip(cells, holm([c.p_value for c in cells])):
+        for c, p in zip(cells, holm([c.p_value for c in cells]), strict=True):
             c.p_value = p
             if p >= alpha:
                 c.verdict = "inconclusive"

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from tuneship.clients.data import EvalItem
+
 from tuneship.errors import EvalError
 
 
@@ -67,21 +68,34 @@ def _read_done(path: Path, sampling: Sampling) -> dict[str, dict]:
     return done
 
 
-async def _generate_all(items: list[EvalItem], model: str, client: Any, sampling: Sampling, out: Path,
-                        concurrency: int, progress: Any) -> None:
+async def _generate_all(
+    items: list[EvalItem],
+    model: str,
+    client: Any,
+    sampling: Sampling,
+    out: Path,
+    concurrency: int,
+    progress: Any,
+) -> None:
     semaphore = asyncio.Semaphore(concurrency)
 
     async def one(item: EvalItem) -> dict:
         async with semaphore:
             started = time.perf_counter()
             response = await client.chat.completions.create(
-                model=model, messages=item.messages, temperature=sampling.temperature,
-                max_tokens=sampling.max_tokens, seed=sampling.seed,
+                model=model,
+                messages=item.messages,
+                temperature=sampling.temperature,
+                max_tokens=sampling.max_tokens,
+                seed=sampling.seed,
             )
             choice = response.choices[0]
             return {
-                "id": item.id, "model": model, "sampling": sampling.key(),
-                "output": choice.message.content or "", "finish_reason": choice.finish_reason,
+                "id": item.id,
+                "model": model,
+                "sampling": sampling.key(),
+                "output": choice.message.content or "",
+                "finish_reason": choice.finish_reason,
                 "latency_s": round(time.perf_counter() - started, 4),
                 "completion_tokens": response.usage.completion_tokens if response.usage else None,
             }
@@ -97,9 +111,18 @@ async def _generate_all(items: list[EvalItem], model: str, client: Any, sampling
                 progress()
 
 
-def generate(items: list[EvalItem], model: str, endpoint: str, out: Path, sampling: Sampling,
-             api_key: str | None = None, concurrency: int = 16, timeout: float = 120, retries: int = 4,
-             progress: Any = None) -> dict[str, dict]:
+def generate(
+    items: list[EvalItem],
+    model: str,
+    endpoint: str,
+    out: Path,
+    sampling: Sampling,
+    api_key: str | None = None,
+    concurrency: int = 16,
+    timeout: float = 120,
+    retries: int = 4,
+    progress: Any = None,
+) -> dict[str, dict]:
     """Answers for every item (resuming from ``out``), keyed by item id."""
     import openai
 

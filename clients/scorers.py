@@ -75,7 +75,13 @@ SCORERS = {
     s.name: s
     for s in (
         Scorer("exact", "binary", True, exact_match, "answer equals a reference exactly"),
-        Scorer("normalized", "binary", True, normalized_match, "equal after lower-casing and dropping punctuation"),
+        Scorer(
+            "normalized",
+            "binary",
+            True,
+            normalized_match,
+            "equal after lower-casing and dropping punctuation",
+        ),
         Scorer("json_valid", "binary", True, json_valid, "answer parses as JSON"),
         Scorer("json_equal", "binary", True, json_equal, "answer's JSON equals a reference's JSON"),
         Scorer("json_fields", "continuous", True, json_fields, "fraction of reference JSON fields matched"),

@@ -42,7 +42,9 @@ def mcnemar_exact(improved: int, regressed: int) -> float:
     return min(1.0, 2 * tail)
 
 
-def bootstrap_ci(diffs: list[float], resamples: int = 5000, level: float = 0.95, seed: int = 0) -> tuple[float, float]:
+def bootstrap_ci(
+    diffs: list[float], resamples: int = 5000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float]:
     """Percentile interval of the mean paired difference."""
     rng = random.Random(seed)
     n = len(diffs)
@@ -58,8 +60,9 @@ def permutation_p(diffs: list[float], resamples: int = 10000, seed: int = 0) -> 
     if observed == 0:
         return 1.0
     rng = random.Random(seed)
-    hits = sum(abs(sum(d if rng.random() < 0.5 else -d for d in diffs)) >= observed - 1e-12
-               for _ in range(resamples))
+    hits = sum(
+        abs(sum(d if rng.random() < 0.5 else -d for d in diffs)) >= observed - 1e-12 for _ in range(resamples)
+    )
     return (hits + 1) / (resamples + 1)
 
 
@@ -74,12 +77,18 @@ def holm(p_values: list[float]) -> list[float]:
     return adjusted
 
 
-def compare(metric: str, kind: str, base: list[float], adapter: list[float], alpha: float = 0.05,
-            higher_is_better: bool = True) -> Comparison:
+def compare(
+    metric: str,
+    kind: str,
+    base: list[float],
+    adapter: list[float],
+    alpha: float = 0.05,
+    higher_is_better: bool = True,
+) -> Comparison:
     """Compare paired per-item scores of the base and an adapter."""
     if len(base) != len(adapter) or not base:
         raise ValueError("paired comparison needs the same non-zero number of items in both arms")
-    diffs = [a - b for a, b in zip(adapter, base)]
+    diffs = [a - b for a, b in zip(adapter, base, strict=True)]
     improved = sum(d > 0 for d in diffs) if higher_is_better else sum(d < 0 for d in diffs)
     regressed = sum(d < 0 for d in diffs) if higher_is_better else sum(d > 0 for d in diffs)
     p = mcnemar_exact(improved, regressed) if kind == "binary" else permutation_p(diffs)
@@ -87,5 +96,17 @@ def compare(metric: str, kind: str, base: list[float], adapter: list[float], alp
     mean_diff = sum(diffs) / len(diffs)
     gain = mean_diff if higher_is_better else -mean_diff
     verdict = "inconclusive" if p >= alpha else ("better" if gain > 0 else "worse")
-    return Comparison(metric, kind, sum(base) / len(base), sum(adapter) / len(adapter), mean_diff, lo, hi,
-                      p, improved, regressed, len(diffs), verdict)
+    return Comparison(
+        metric,
+        kind,
+        sum(base) / len(base),
+        sum(adapter) / len(adapter),
+        mean_diff,
+        lo,
+        hi,
+        p,
+        improved,
+        regressed,
+        len(diffs),
+        verdict,
+    )

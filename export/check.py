@@ -51,12 +51,17 @@ def check_adapter(path: Path | str, base_sha256: str | None = None) -> AdapterRe
     if report.rank is None:
         report.problems.append("adapter_config.json has no integer rank 'r'")
     elif report.rank > VLLM_LORA_RANKS[-1]:
-        report.problems.append(f"rank {rank} is above vLLM's largest max_lora_rank {VLLM_LORA_RANKS[-1]}; merge it")
+        report.problems.append(
+            f"rank {rank} is above vLLM's largest max_lora_rank {VLLM_LORA_RANKS[-1]}; merge it"
+        )
     if config.get("use_dora"):
-        report.problems.append("DoRA adapters cannot be served by vLLM as LoRA; export a merged model instead")
+        report.problems.append(
+            "DoRA adapters cannot be served by vLLM as LoRA; export a merged model instead"
+        )
     if config.get("modules_to_save"):
         report.problems.append(
-            f"modules_to_save {config['modules_to_save']} (trained full layers) cannot be served as LoRA; merge it"
+            f"modules_to_save {config['modules_to_save']} (trained full layers) "
+            "cannot be served as LoRA; merge it"
         )
     weights = [path / name for name in WEIGHT_FILES if (path / name).is_file()]
     if not weights:

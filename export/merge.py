@@ -112,7 +112,9 @@ def last_logits(model: Any, tokenizer: Any, prompts: list[str]) -> Any:
     with torch.no_grad():
         for prompt in prompts:
             ids = tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}], add_generation_prompt=True, return_tensors="pt",
+                [{"role": "user", "content": prompt}],
+                add_generation_prompt=True,
+                return_tensors="pt",
                 return_dict=True,
             )["input_ids"]
             out.append(model(input_ids=ids).logits[0].float())
@@ -122,15 +124,25 @@ def last_logits(model: Any, tokenizer: Any, prompts: list[str]) -> Any:
 def compare_logits(reference: list[Any], candidate: list[Any]) -> dict:
     import torch
 
-    max_diff = max(float((r - c).abs().max()) for r, c in zip(reference, candidate))
-    agree = torch.cat([(r.argmax(-1) == c.argmax(-1)).float() for r, c in zip(reference, candidate)])
-    return {"max_abs_logit_diff": round(max_diff, 6), "greedy_agreement": round(float(agree.mean()), 4),
-            "positions": int(agree.numel()), "prompts": len(reference)}
+    max_diff = max(float((r - c).abs().max()) for r, c in zip(reference, candidate, strict=True))
+    agree = torch.cat(
+        [(r.argmax(-1) == c.argmax(-1)).float() for r, c in zip(reference, candidate, strict=True)]
+    )
+    return {
+        "max_abs_logit_diff": round(max_diff, 6),
+        "greedy_agreement": round(float(agree.mean()), 4),
+        "positions": int(agree.numel()),
+        "prompts": len(reference),
+    }
 
 
 def export_merged(
-    source: Path | str, out: Path | str, base_spec: str | None = None, dtype: str = "bf16",
-    shard_size: str = "2GB", force: bool = False,
+    source: Path | str,
+    out: Path | str,
+    base_spec: str | None = None,
+    dtype: str = "bf16",
+    shard_size: str = "2GB",
+    force: bool = False,
 ) -> ExportResult:
     """Merge the adapter at ``source`` into its base and write a checked model to ``out``."""
     if dtype not in DTYPES:
@@ -152,8 +164,11 @@ def export_merged(
     with atomic_dir(out, force=force) as tmp:
         merged.to(_torch_dtype(dtype)).save_pretrained(tmp, max_shard_size=shard_size)
         tokenizer.save_pretrained(tmp)
-        generation = GenerationConfig.from_pretrained(base.path) if (base.path / "generation_config.json").is_file() \
+        generation = (
+            GenerationConfig.from_pretrained(base.path)
+            if (base.path / "generation_config.json").is_file()
             else GenerationConfig()
+        )
         # The server stops on these ids; make sure the end-of-turn token is among them.
         eos = {tokenizer.eos_token_id} | set(_as_list(generation.eos_token_id))
         generation.eos_token_id = sorted(i for i in eos if i is not None)
@@ -162,14 +177,21 @@ def export_merged(
         reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32).eval()
         parity = compare_logits(reference, last_logits(reloaded, tokenizer, PARITY_PROMPTS))
         parity.update(dtype=dtype, tolerance=TOLERANCE[dtype], min_agreement=MIN_AGREEMENT[dtype])
-        parity["passed"] = parity["max_abs_logit_diff"] <= TOLERANCE[dtype] and \
-            parity["greedy_agreement"] >= MIN_AGREEMENT[dtype]
+        parity["passed"] = (
+            parity["max_abs_logit_diff"] <= TOLERANCE[dtype]
+            and parity["greedy_agreement"] >= MIN_AGREEMENT[dtype]
+        )
         if not parity["passed"]:
             raise ArtifactError(f"merged model does not match base + adapter: {parity}")
         write_json(tmp / PARITY, parity)
         adapter_lineage = read_json(adapter / LINEAGE) if (adapter / LINEAGE).is_file() else {}
-        lineage = {**adapter_lineage, "kind": "merged-model", "adapter": str(adapter.resolve()),
-                   "adapter_sha256": sha256_file(adapter / "adapter_model.safetensors"), "dtype": dtype}
+        lineage = {
+            **adapter_lineage,
+            "kind": "merged-model",
+            "adapter": str(adapter.resolve()),
+            "adapter_sha256": sha256_file(adapter / "adapter_model.safetensors"),
+            "dtype": dtype,
+        }
         write_json(tmp / LINEAGE, lineage)
         files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         write_json(tmp / MANIFEST, {"files": files, "lineage": lineage, "versions": library_versions()})

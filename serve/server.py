@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from tuneship.export.check import check_adapter, fitting_max_lora_rank
 
 from tuneship.errors import ServerError, TuneshipError
-from tuneship.export.check import check_adapter, fitting_max_lora_rank
 from tuneship.models import BaseModel, resolve_base
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -72,23 +72,43 @@ def has_cuda() -> bool:
 def build_vllm_args(config: ServeConfig, base: BaseModel, ranks: dict[str, int], gpu: bool) -> list[str]:
     """The command line that starts vLLM for this configuration."""
     args = [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-        "--model", str(base.path),
-        "--served-model-name", config.served_name or base.name,
-        "--host", config.host,
-        "--port", str(config.port),
-        "--max-model-len", str(config.max_model_len),
-        "--generation-config", "auto",
+        sys.executable,
+        "-m",
+        "vllm.entrypoints.openai.api_server",
+        "--model",
+        str(base.path),
+        "--served-model-name",
+        config.served_name or base.name,
+        "--host",
+        config.host,
+        "--port",
+        str(config.port),
+        "--max-model-len",
+        str(config.max_model_len),
+        "--generation-config",
+        "auto",
     ]
     if config.api_key:
         args += ["--api-key", config.api_key]
     if gpu:
-        args += ["--gpu-memory-utilization", str(config.gpu_memory_utilization),
-                 "--tensor-parallel-size", str(config.tensor_parallel_size)]
+        args += [
+            "--gpu-memory-utilization",
+            str(config.gpu_memory_utilization),
+            "--tensor-parallel-size",
+            str(config.tensor_parallel_size),
+        ]
     if config.adapters:
-        args += ["--enable-lora", "--max-lora-rank", str(fitting_max_lora_rank(max(ranks.values()))),
-                 "--max-loras", str(config.max_loras or len(config.adapters))]
-        args += ["--lora-modules", *(f"{name}={Path(path).resolve()}" for name, path in config.adapters.items())]
+        args += [
+            "--enable-lora",
+            "--max-lora-rank",
+            str(fitting_max_lora_rank(max(ranks.values()))),
+            "--max-loras",
+            str(config.max_loras or len(config.adapters)),
+        ]
+        args += [
+            "--lora-modules",
+            *(f"{name}={Path(path).resolve()}" for name, path in config.adapters.items()),
+        ]
     return args + list(config.extra_args)
 
 

@@ -39,10 +39,17 @@ def tiny_base(default_base, tmp_path_factory: pytest.TempPathFactory) -> Path:
     torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(default_base.path)
     config = LlamaConfig(
-        vocab_size=len(tokenizer), hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-        num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=1024,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True,
+        vocab_size=len(tokenizer),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=1024,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        tie_word_embeddings=True,
     )
     path = tmp_path_factory.mktemp("tiny-llama")
     LlamaForCausalLM(config).save_pretrained(path)
@@ -58,14 +65,27 @@ def ticket_rows() -> list[dict]:
 @pytest.fixture(scope="session")
 def tiny_run(tiny_base: Path, ticket_rows: list[dict], tmp_path_factory: pytest.TempPathFactory):
     """A short LoRA run on the tiny base: high learning rate so the adapter clearly matters."""
-    from tuneship.config import load_config
     from tuneship.train.train import TrainConfig, train_lora
+
+    from tuneship.config import load_config
 
     work = tmp_path_factory.mktemp("tiny-run")
     data = write_rows(work / "train.jsonl", ticket_rows[:64])
-    config = load_config(TrainConfig, data=str(data), base=str(tiny_base), runs_dir=str(work / "runs"),
-                         name="tiny", max_steps=12, batch_size=8, learning_rate=5e-3, lora_r=8, lora_alpha=16,
-                         logging_steps=2, save_steps=6, precision="fp32")
+    config = load_config(
+        TrainConfig,
+        data=str(data),
+        base=str(tiny_base),
+        runs_dir=str(work / "runs"),
+        name="tiny",
+        max_steps=12,
+        batch_size=8,
+        learning_rate=5e-3,
+        lora_r=8,
+        lora_alpha=16,
+        logging_steps=2,
+        save_steps=6,
+        precision="fp32",
+    )
     return train_lora(config)
 
 
@@ -75,8 +95,15 @@ def live_server(tiny_base: Path, tiny_run, tmp_path_factory: pytest.TempPathFact
     from tuneship.serve.server import ServeConfig, VLLMServer
 
     logs = tmp_path_factory.mktemp("vllm-logs")
-    config = ServeConfig(base=str(tiny_base), served_name="tiny-base", adapters={"tiny-adapter": str(tiny_run.adapter_dir)},
-                         port=free_port(), kv_cache_gb=1, max_model_len=512, log_file=str(logs / "vllm.log"))
+    config = ServeConfig(
+        base=str(tiny_base),
+        served_name="tiny-base",
+        adapters={"tiny-adapter": str(tiny_run.adapter_dir)},
+        port=free_port(),
+        kv_cache_gb=1,
+        max_model_len=512,
+        log_file=str(logs / "vllm.log"),
+    )
     server = VLLMServer(config)
     server.start()
     try:

@@ -9,8 +9,9 @@ from tuneship.cli import cli
 
 def test_help_is_fast_and_lists_the_commands():
     started = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "tuneship.cli", "--help"], capture_output=True, text=True,
-                         check=True).stdout
+    out = subprocess.run(
+        [sys.executable, "-m", "tuneship.cli", "--help"], capture_output=True, text=True, check=True
+    ).stdout
     # Interpreter start included; heavy libraries must not load for --help.
     assert time.perf_counter() - started < 2.0
     for command in ("train", "export", "serve", "eval", "ab", "demo"):
@@ -18,9 +19,11 @@ def test_help_is_fast_and_lists_the_commands():
 
 
 def test_help_does_not_import_heavy_libraries():
-    code = ("import sys, tuneship.cli; from click.testing import CliRunner; "
-            "CliRunner().invoke(tuneship.cli.cli, ['train', '--help']); "
-            "print([m for m in ('torch', 'transformers', 'trl', 'peft', 'vllm') if m in sys.modules])")
+    code = (
+        "import sys, tuneship.cli; from click.testing import CliRunner; "
+        "CliRunner().invoke(tuneship.cli.cli, ['train', '--help']); "
+        "print([m for m in ('torch', 'transformers', 'trl', 'peft', 'vllm') if m in sys.modules])"
+    )
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "[]"
 
 
@@ -28,8 +31,10 @@ def test_hub_id_without_network_is_a_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     data = tmp_path / "d.jsonl"
     data.write_text('{"prompt": "p", "completion": "c"}\n')
-    result = CliRunner().invoke(cli, ["train", "--data", str(data), "--base", "someorg/some-model",
-                                      "--runs-dir", str(tmp_path / "runs")])
+    result = CliRunner().invoke(
+        cli,
+        ["train", "--data", str(data), "--base", "someorg/some-model", "--runs-dir", str(tmp_path / "runs")],
+    )
     assert result.exit_code == 1
     assert "could not fetch 'someorg/some-model'" in result.output
     assert "Traceback" not in result.output
@@ -52,9 +57,9 @@ def test_unknown_setting_in_yaml_is_named(tmp_path):
 
 def test_every_shipped_preset_loads():
     from helpers import REPO
+    from tuneship.train.train import TrainConfig
 
     from tuneship.config import load_config
-    from tuneship.train.train import TrainConfig
 
     presets = sorted((REPO / "train" / "configs").glob("*.yaml"))
     assert presets

@@ -118,9 +118,7 @@ def load_dataset(path: Path | str, skip_invalid: bool = False) -> Dataset:
         shown = problems[:MAX_REPORTED]
         if len(problems) > MAX_REPORTED:
             shown.append(f"... and {len(problems) - MAX_REPORTED} more")
-        raise DataError(
-            f"{path}: {len(problems)} invalid row(s); fix them or pass --skip-invalid", shown
-        )
+        raise DataError(f"{path}: {len(problems)} invalid row(s); fix them or pass --skip-invalid", shown)
     if not examples:
         raise DataError(f"{path}: no usable rows")
     if problems:

@@ -15,6 +15,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tuneship.train.data import load_dataset
+
 from tuneship.artifacts import (
     ADAPTER_DIR,
     CHECKPOINTS_DIR,
@@ -30,7 +32,6 @@ from tuneship.artifacts import (
 )
 from tuneship.errors import ArtifactError
 from tuneship.models import resolve_base
-from tuneship.train.data import load_dataset
 
 
 def opt(default: Any, help: str) -> Any:
@@ -194,8 +195,12 @@ def train_lora(config: TrainConfig, force: bool = False, resume: bool = False) -
     lineage = {
         "kind": "lora-adapter",
         "base_model": base.identity(),
-        "data": {"path": str(data.path), "sha256": sha256_file(data.path), "format": data.format,
-                 "examples": len(data.examples)},
+        "data": {
+            "path": str(data.path),
+            "sha256": sha256_file(data.path),
+            "format": data.format,
+            "examples": len(data.examples),
+        },
         "chat_template_sha256": sha256_text(tokenizer.chat_template),
         "seed": config.seed,
         "versions": library_versions(),

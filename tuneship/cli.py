@@ -61,8 +61,12 @@ def cli() -> None:
 
 
 @cli.command()
-@click.option("--config", "config_file", type=click.Path(exists=True, dir_okay=False),
-              help="YAML file of training settings (CLI flags override it)")
+@click.option(
+    "--config",
+    "config_file",
+    type=click.Path(exists=True, dir_okay=False),
+    help="YAML file of training settings (CLI flags override it)",
+)
 @click.option("--data", help=_train_help("data"))
 @click.option("--name", help=_train_help("name"))
 @click.option("--runs-dir", help=_train_help("runs_dir"))
@@ -99,8 +103,13 @@ def train(config_file: str | None, resume: bool, force: bool, **overrides: Any) 
 @click.argument("source", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", required=True, type=click.Path(), help="directory for the merged model")
 @click.option("--base", help="base model (default: the one recorded in the run's lineage)")
-@click.option("--dtype", type=click.Choice(["bf16", "fp16", "fp32"]), default="bf16", show_default=True,
-              help="dtype of the saved weights")
+@click.option(
+    "--dtype",
+    type=click.Choice(["bf16", "fp16", "fp32"]),
+    default="bf16",
+    show_default=True,
+    help="dtype of the saved weights",
+)
 @click.option("--shard-size", default="2GB", show_default=True, help="maximum size of one safetensors shard")
 @click.option("--force", is_flag=True, help="replace an existing export")
 @friendly_errors
@@ -110,8 +119,10 @@ def export(source: str, out: str, base: str | None, dtype: str, shard_size: str,
 
     result = export_merged(source, out, base, dtype=dtype, shard_size=shard_size, force=force)
     p = result.parity
-    click.echo(f"Parity with base + adapter: max |logit diff| {p['max_abs_logit_diff']:.4f}, "
-               f"greedy agreement {p['greedy_agreement']:.1%} over {p['positions']} positions")
+    click.echo(
+        f"Parity with base + adapter: max |logit diff| {p['max_abs_logit_diff']:.4f}, "
+        f"greedy agreement {p['greedy_agreement']:.1%} over {p['positions']} positions"
+    )
     click.echo(f"Merged model: {result.out}")
 
 
@@ -128,10 +139,14 @@ def _parse_adapters(values: tuple[str, ...]) -> dict[str, str]:
 @cli.command()
 @click.option("--base", help=_serve_help("base"))
 @click.option("--served-name", help=_serve_help("served_name"))
-@click.option("--adapter", "adapters", multiple=True, metavar="NAME=PATH", help="LoRA adapter to serve (repeatable)")
+@click.option(
+    "--adapter", "adapters", multiple=True, metavar="NAME=PATH", help="LoRA adapter to serve (repeatable)"
+)
 @click.option("--host", help=_serve_help("host"))
 @click.option("--port", type=int, help=_serve_help("port"))
-@click.option("--api-key", envvar="TUNESHIP_API_KEY", help=_serve_help("api_key") + " [env: TUNESHIP_API_KEY]")
+@click.option(
+    "--api-key", envvar="TUNESHIP_API_KEY", help=_serve_help("api_key") + " [env: TUNESHIP_API_KEY]"
+)
 @click.option("--max-loras", type=int, help=_serve_help("max_loras"))
 @click.option("--max-model-len", type=int, help=_serve_help("max_model_len"))
 @click.option("--kv-cache-gb", type=int, help=_serve_help("kv_cache_gb"))
@@ -145,8 +160,13 @@ def serve(adapters: tuple[str, ...], extra_args: tuple[str, ...], **options: Any
     from tuneship.config import load_config
     from tuneship.serve.server import ServeConfig, VLLMServer
 
-    config = load_config(ServeConfig, None, adapters=_parse_adapters(adapters) or None,
-                         extra_args=list(extra_args) or None, **options)
+    config = load_config(
+        ServeConfig,
+        None,
+        adapters=_parse_adapters(adapters) or None,
+        extra_args=list(extra_args) or None,
+        **options,
+    )
     server = VLLMServer(config)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # run the cleanup below on SIGTERM too
     click.echo(f"Starting vLLM (log: {server.log_path}) ...")
@@ -165,24 +185,52 @@ def serve(adapters: tuple[str, ...], extra_args: tuple[str, ...], **options: Any
         server.stop()
 
 
-def _eval_settings(endpoint: str, data: str, out: str, scorers: tuple[str, ...], api_key: str | None,
-                   limit: int | None, concurrency: int, max_tokens: int) -> Any:
+def _eval_settings(
+    endpoint: str,
+    data: str,
+    out: str,
+    scorers: tuple[str, ...],
+    api_key: str | None,
+    limit: int | None,
+    concurrency: int,
+    max_tokens: int,
+) -> Any:
     from tuneship.clients.evaluate import EvalSettings
     from tuneship.clients.runner import Sampling
 
-    return EvalSettings(endpoint=endpoint, data=data, out=out, scorers=list(scorers), api_key=api_key,
-                        limit=limit, concurrency=concurrency, sampling=Sampling(max_tokens=max_tokens))
+    return EvalSettings(
+        endpoint=endpoint,
+        data=data,
+        out=out,
+        scorers=list(scorers),
+        api_key=api_key,
+        limit=limit,
+        concurrency=concurrency,
+        sampling=Sampling(max_tokens=max_tokens),
+    )
 
 
 def eval_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     options = [
-        click.option("--endpoint", default="http://127.0.0.1:8000/v1", show_default=True,
-                     help="OpenAI-compatible base URL"),
-        click.option("--data", required=True, type=click.Path(exists=True, dir_okay=False),
-                     help="JSONL evaluation items (messages or prompt, with references)"),
+        click.option(
+            "--endpoint",
+            default="http://127.0.0.1:8000/v1",
+            show_default=True,
+            help="OpenAI-compatible base URL",
+        ),
+        click.option(
+            "--data",
+            required=True,
+            type=click.Path(exists=True, dir_okay=False),
+            help="JSONL evaluation items (messages or prompt, with references)",
+        ),
         click.option("--out", default=None, help="report directory (default: reports/<model or ab>)"),
-        click.option("--scorer", "scorers", multiple=True,
-                     help="scorer to apply (repeatable; default: chosen from the references)"),
+        click.option(
+            "--scorer",
+            "scorers",
+            multiple=True,
+            help="scorer to apply (repeatable; default: chosen from the references)",
+        ),
         click.option("--api-key", envvar="TUNESHIP_API_KEY", help="API key for the endpoint"),
         click.option("--limit", type=int, help="only the first N items"),
         click.option("--concurrency", default=16, show_default=True, help="requests in flight"),
@@ -226,8 +274,13 @@ def ab(base: str, adapters: tuple[str, ...], alpha: float, out: str | None, **kw
 
 
 @cli.command()
-@click.option("--workdir", default=".", show_default=True, type=click.Path(file_okay=False),
-              help="where runs/, exports/ and reports/ go")
+@click.option(
+    "--workdir",
+    default=".",
+    show_default=True,
+    type=click.Path(file_okay=False),
+    help="where runs/, exports/ and reports/ go",
+)
 @click.option("--max-steps", default=None, type=int, help="training steps (default: from the demo preset)")
 @click.option("--port", default=8011, show_default=True, help="port for the demo's vLLM server")
 @friendly_errors

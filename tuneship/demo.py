@@ -44,19 +44,28 @@ def run_demo(workdir: Path, max_steps: int | None = None, port: int = 8011) -> d
     console.print(f"{base.name} at {base.path}")
 
     step(2, "Train a LoRA adapter")
-    config = load_config(TrainConfig, PRESET, data=str(train_file), runs_dir=str(workdir / "runs"),
-                         max_steps=max_steps)
+    config = load_config(
+        TrainConfig, PRESET, data=str(train_file), runs_dir=str(workdir / "runs"), max_steps=max_steps
+    )
     run = train_lora(config, force=True)
-    console.print(f"adapter: {run.adapter_dir} ({run.summary['steps']} steps, loss {run.summary['train_loss']})")
+    console.print(
+        f"adapter: {run.adapter_dir} ({run.summary['steps']} steps, loss {run.summary['train_loss']})"
+    )
 
     step(3, "Export a merged model")
     export = export_merged(run.run_dir, workdir / "exports" / config.name, force=True)
-    console.print(f"merged model: {export.out} (parity: max |logit diff| "
-                  f"{export.parity['max_abs_logit_diff']:.3f}, greedy agreement {export.parity['greedy_agreement']:.1%})")
+    console.print(
+        f"merged model: {export.out} (parity: max |logit diff| "
+        f"{export.parity['max_abs_logit_diff']:.3f}, "
+        f"greedy agreement {export.parity['greedy_agreement']:.1%})"
+    )
 
     step(4, "Serve base + adapter with vLLM")
-    serve_config = ServeConfig(adapters={ADAPTER_NAME: str(run.adapter_dir)}, port=port,
-                               log_file=str(workdir / "logs" / "demo-vllm.log"))
+    serve_config = ServeConfig(
+        adapters={ADAPTER_NAME: str(run.adapter_dir)},
+        port=port,
+        log_file=str(workdir / "logs" / "demo-vllm.log"),
+    )
     server = VLLMServer(serve_config)
     with console.status(f"starting vLLM on port {port} (log: {server.log_path})"):
         server.start()
@@ -68,8 +77,12 @@ def run_demo(workdir: Path, max_steps: int | None = None, port: int = 8011) -> d
     try:
         console.print(f"serving {', '.join(server.served_names)} at {server.url}")
         step(5, "A/B evaluation on held-out tickets")
-        settings = EvalSettings(endpoint=server.url, data=str(eval_file), out=str(workdir / "reports" / config.name),
-                                sampling=Sampling(max_tokens=64))
+        settings = EvalSettings(
+            endpoint=server.url,
+            data=str(eval_file),
+            out=str(workdir / "reports" / config.name),
+            sampling=Sampling(max_tokens=64),
+        )
         _clear_answers(Path(settings.out))
         result = ab_compare(settings, base.name, [ADAPTER_NAME])
     finally:
@@ -80,8 +93,10 @@ def run_demo(workdir: Path, max_steps: int | None = None, port: int = 8011) -> d
     console.print(ab_table(result))
     primary = result["comparisons"][ADAPTER_NAME][0]
     verdict = "beats" if primary["verdict"] == "better" else "does not clearly beat"
-    console.print(f"\nThe adapter {verdict} the base on {primary['metric']}: "
-                  f"{primary['adapter_mean']:.1%} vs {primary['base_mean']:.1%} (p = {primary['p_value']:.2g}).")
+    console.print(
+        f"\nThe adapter {verdict} the base on {primary['metric']}: "
+        f"{primary['adapter_mean']:.1%} vs {primary['base_mean']:.1%} (p = {primary['p_value']:.2g})."
+    )
     console.print(f"adapter: {run.adapter_dir}\nexport:  {export.out}\nreport:  {result['report']}")
     return {"run": run, "export": export, "ab": result}
 

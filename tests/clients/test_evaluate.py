@@ -3,10 +3,10 @@
 import json
 
 import pytest
-
 from tuneship.clients.data import load_items
 from tuneship.clients.evaluate import EvalSettings, ab_compare, check_adapters, evaluate
 from tuneship.clients.runner import Sampling
+
 from tuneship.errors import EvalError
 
 
@@ -18,8 +18,12 @@ def eval_file(tmp_path, ticket_rows):
 
 
 def test_ab_report_pairs_items_and_writes_markdown(live_server, eval_file, tmp_path):
-    settings = EvalSettings(endpoint=live_server.url, data=str(eval_file), out=str(tmp_path / "ab"),
-                            sampling=Sampling(max_tokens=16))
+    settings = EvalSettings(
+        endpoint=live_server.url,
+        data=str(eval_file),
+        out=str(tmp_path / "ab"),
+        sampling=Sampling(max_tokens=16),
+    )
     result = ab_compare(settings, "tiny-base", ["tiny-adapter"])
     comparisons = result["comparisons"]["tiny-adapter"]
     assert [c["metric"] for c in comparisons] == ["json_equal", "json_fields", "json_valid"]
@@ -31,8 +35,12 @@ def test_ab_report_pairs_items_and_writes_markdown(live_server, eval_file, tmp_p
 
 
 def test_eval_resumes_without_redoing_finished_items(live_server, eval_file, tmp_path):
-    settings = EvalSettings(endpoint=live_server.url, data=str(eval_file), out=str(tmp_path / "ev"),
-                            sampling=Sampling(max_tokens=8))
+    settings = EvalSettings(
+        endpoint=live_server.url,
+        data=str(eval_file),
+        out=str(tmp_path / "ev"),
+        sampling=Sampling(max_tokens=8),
+    )
     answers = tmp_path / "ev" / "answers" / "tiny-base.jsonl"
     first = evaluate(settings, "tiny-base")
     lines = answers.read_text().splitlines()
@@ -54,15 +62,21 @@ def test_unknown_model_and_wrong_parent_are_refused(live_server, eval_file, tmp_
 def test_unreachable_endpoint_is_a_clear_error(eval_file, tmp_path):
     from helpers import free_port
 
-    settings = EvalSettings(endpoint=f"http://127.0.0.1:{free_port()}/v1", data=str(eval_file), out=str(tmp_path))
+    settings = EvalSettings(
+        endpoint=f"http://127.0.0.1:{free_port()}/v1", data=str(eval_file), out=str(tmp_path)
+    )
     with pytest.raises(EvalError, match="cannot reach"):
         evaluate(settings, "tiny-base")
 
 
 def test_training_formats_are_accepted_as_eval_data(tmp_path):
     path = tmp_path / "e.jsonl"
-    path.write_text(json.dumps({"prompt": "2+2?", "completion": "4"}) + "\n"
-                    + json.dumps({"messages": [{"role": "user", "content": "hi"}], "reference": ["a", "b"]}) + "\n")
+    path.write_text(
+        json.dumps({"prompt": "2+2?", "completion": "4"})
+        + "\n"
+        + json.dumps({"messages": [{"role": "user", "content": "hi"}], "reference": ["a", "b"]})
+        + "\n"
+    )
     items = load_items(path)
     assert items[0].references == ["4"] and items[0].messages == [{"role": "user", "content": "2+2?"}]
     assert items[1].references == ["a", "b"]

@@ -1,7 +1,6 @@
 import math
 
 import pytest
-
 from tuneship.clients.scorers import SCORERS, default_scorers
 from tuneship.clients.stats import bootstrap_ci, compare, holm, mcnemar_exact, permutation_p
 
@@ -44,8 +43,9 @@ def test_json_scorers():
     ref = ['{"category": "bug", "priority": "high", "product": "PayPilot"}']
     assert SCORERS["json_equal"]('{"product": "PayPilot", "priority": "high", "category": "bug"}', ref) == 1
     assert SCORERS["json_equal"]("```json\n" + ref[0] + "\n```", ref) == 1
-    assert SCORERS["json_fields"]('{"category": "bug", "priority": "low", "product": "PayPilot"}', ref) == \
-        pytest.approx(2 / 3)
+    assert SCORERS["json_fields"](
+        '{"category": "bug", "priority": "low", "product": "PayPilot"}', ref
+    ) == pytest.approx(2 / 3)
     assert SCORERS["json_fields"]("not json", ref) == 0
     assert SCORERS["json_valid"]("[1, 2]", ref) == 1
     assert default_scorers(ref) == ["json_equal", "json_fields", "json_valid"]

@@ -1,11 +1,11 @@
 import json
 
 import pytest
+from tuneship.export.check import check_adapter, fitting_max_lora_rank
+from tuneship.export.merge import export_merged
 
 from tuneship.artifacts import read_json, sha256_file
 from tuneship.errors import ArtifactError
-from tuneship.export.check import check_adapter, fitting_max_lora_rank
-from tuneship.export.merge import export_merged
 
 
 @pytest.fixture(scope="module")
@@ -25,8 +25,9 @@ def test_merged_directory_reloads_with_transformers(merged, tiny_base, tiny_run)
     from transformers import AutoModelForCausalLM
 
     reloaded = AutoModelForCausalLM.from_pretrained(merged.out, dtype=torch.float32)
-    peft = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_base, dtype=torch.float32),
-                                     tiny_run.adapter_dir)
+    peft = PeftModel.from_pretrained(
+        AutoModelForCausalLM.from_pretrained(tiny_base, dtype=torch.float32), tiny_run.adapter_dir
+    )
     ids = torch.tensor([[1, 42, 314, 2718, 99]])
     with torch.no_grad():
         assert torch.allclose(reloaded(ids).logits, peft(ids).logits, atol=1e-4)
@@ -54,7 +55,9 @@ def test_existing_export_is_not_overwritten(merged, tiny_run):
 def test_failed_export_leaves_nothing(tiny_run, tmp_path, monkeypatch):
     import tuneship.export.merge as merge
 
-    monkeypatch.setattr(merge, "compare_logits", lambda *a: {"max_abs_logit_diff": 99.0, "greedy_agreement": 0.0})
+    monkeypatch.setattr(
+        merge, "compare_logits", lambda *a: {"max_abs_logit_diff": 99.0, "greedy_agreement": 0.0}
+    )
     with pytest.raises(ArtifactError, match="does not match"):
         export_merged(tiny_run.run_dir, tmp_path / "out")
     assert list(tmp_path.iterdir()) == []

@@ -4,9 +4,9 @@ import json
 
 import pytest
 from openai import OpenAI
+from tuneship.serve.server import ServeConfig, VLLMServer
 
 from tuneship.errors import TuneshipError
-from tuneship.serve.server import ServeConfig, VLLMServer
 
 
 def test_models_lists_adapter_with_base_as_parent(live_server):
@@ -26,7 +26,7 @@ def test_adapter_changes_greedy_outputs(live_server, ticket_rows):
     base = [_greedy(client, "tiny-base", p) for p in prompts]
     adapter = [_greedy(client, "tiny-adapter", p) for p in prompts]
     assert all(isinstance(t, str) and t for t in base + adapter)
-    assert sum(a != b for a, b in zip(adapter, base)) >= 4, (base, adapter)
+    assert sum(a != b for a, b in zip(adapter, base, strict=True)) >= 4, (base, adapter)
 
 
 def test_vllm_arguments_follow_the_adapters(tiny_base, tiny_run):
@@ -56,3 +56,65 @@ def test_binding_beyond_loopback_needs_an_api_key():
 
     with pytest.raises(TuneshipError, match="API key"):
         load_config(ServeConfig, host="0.0.0.0")
+
+
+def test_serve_command_stops_the_whole_engine_on_sigterm(tiny_base, tiny_run, tmp_path):
+    """`tuneship serve` as a user runs it: ready, serving, then SIGTERM leaves no process behind."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import httpx
+    import psutil
+    from helpers import free_port
+
+    port = free_port()
+    command = [
+        sys.executable,
+        "-m",
+        "tuneship.cli",
+        "serve",
+        "--base",
+        str(tiny_base),
+        "--port",
+        str(port),
+        "--adapter",
+        f"t={tiny_run.adapter_dir}",
+        "--kv-cache-gb",
+        "1",
+        "--max-model-len",
+        "512",
+        "--log-file",
+        str(tmp_path / "serve.log"),
+    ]
+    cli = subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ
+    )
+    try:
+        lines = []
+        for line in cli.stdout:  # type: ignore[union-attr]
+            lines.append(line)
+            if line.startswith("Press Ctrl-C"):
+                break
+        assert f"Ready at http://127.0.0.1:{port}/v1" in "".join(lines), (
+            "".join(lines) + (tmp_path / "serve.log").read_text()
+        )
+        assert "  model: t\n" in lines
+        engine = psutil.Process(cli.pid).children(recursive=True)
+        assert engine, "vLLM runs as a child of the command"
+        assert httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=5).status_code == 200
+        cli.send_signal(signal.SIGTERM)
+        assert cli.wait(timeout=60) == 0
+    finally:
+        if cli.poll() is None:
+            cli.kill()
+    deadline = time.monotonic() + 10
+    while (
+        any(p.is_running() and p.status() != psutil.STATUS_ZOMBIE for p in engine)
+        and time.monotonic() < deadline
+    ):
+        time.sleep(0.2)
+    alive = [p.pid for p in engine if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+    assert not alive, f"orphaned engine processes: {alive}"

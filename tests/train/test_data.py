@@ -1,9 +1,9 @@
 import json
 
 import pytest
+from tuneship.train.data import load_dataset
 
 from tuneship.errors import DataError
-from tuneship.train.data import load_dataset
 
 
 def write(tmp_path, lines):
@@ -13,8 +13,13 @@ def write(tmp_path, lines):
 
 
 def test_messages_become_prompt_and_final_assistant_turn(tmp_path):
-    row = {"messages": [{"role": "system", "content": "s"}, {"role": "user", "content": "u"},
-                        {"role": "assistant", "content": "a"}]}
+    row = {
+        "messages": [
+            {"role": "system", "content": "s"},
+            {"role": "user", "content": "u"},
+            {"role": "assistant", "content": "a"},
+        ]
+    }
     data = load_dataset(write(tmp_path, [json.dumps(row)]))
     assert data.format == "messages"
     assert data.examples == [{"prompt": row["messages"][:2], "completion": row["messages"][2:]}]
@@ -29,14 +34,27 @@ def test_prompt_completion_is_rendered_as_a_chat_turn(tmp_path):
 
 def test_every_bad_row_is_reported_with_file_and_line(tmp_path):
     good = json.dumps({"prompt": "p", "completion": "c"})
-    path = write(tmp_path, [good, "{not json", json.dumps({"prompt": "p"}), good,
-                            json.dumps({"prompt": "p", "completion": ""}), json.dumps([1])])
+    path = write(
+        tmp_path,
+        [
+            good,
+            "{not json",
+            json.dumps({"prompt": "p"}),
+            good,
+            json.dumps({"prompt": "p", "completion": ""}),
+            json.dumps([1]),
+        ],
+    )
     with pytest.raises(DataError) as info:
         load_dataset(path)
     text = str(info.value)
     assert "4 invalid row(s)" in text
-    for line, reason in ((2, "invalid JSON"), (3, "missing field 'completion'"), (5, "field 'completion' is empty"),
-                         (6, "expected a JSON object")):
+    for line, reason in (
+        (2, "invalid JSON"),
+        (3, "missing field 'completion'"),
+        (5, "field 'completion' is empty"),
+        (6, "expected a JSON object"),
+    ):
         assert f"{path}:{line}: {reason}" in text
 
 
@@ -64,8 +82,12 @@ def test_skip_invalid_keeps_the_good_rows(tmp_path, capsys):
 def test_example_data_is_valid_in_both_forms():
     from helpers import TICKETS
 
-    for name, fmt, n in (("train.jsonl", "messages", 600), ("train.prompt.jsonl", "prompt-completion", 600),
-                         ("eval.jsonl", "messages", 150), ("eval.prompt.jsonl", "prompt-completion", 150)):
+    for name, fmt, n in (
+        ("train.jsonl", "messages", 600),
+        ("train.prompt.jsonl", "prompt-completion", 600),
+        ("eval.jsonl", "messages", 150),
+        ("eval.prompt.jsonl", "prompt-completion", 150),
+    ):
         data = load_dataset(TICKETS / name)
         assert (data.format, len(data.examples)) == (fmt, n)
     train = {json.dumps(e["prompt"]) for e in load_dataset(TICKETS / "train.jsonl").examples}
@@ -79,6 +101,8 @@ def test_example_generator_is_reproducible(tmp_path):
 
     from helpers import REPO, TICKETS
 
-    subprocess.run([sys.executable, str(REPO / "examples" / "make_tickets.py"), "--out", str(tmp_path)], check=True)
+    subprocess.run(
+        [sys.executable, str(REPO / "examples" / "make_tickets.py"), "--out", str(tmp_path)], check=True
+    )
     for name in ("train.jsonl", "eval.jsonl", "train.prompt.jsonl", "eval.prompt.jsonl"):
         assert (tmp_path / name).read_text() == (TICKETS / name).read_text()

@@ -30,10 +30,10 @@ def test_run_directory_records_config_and_lineage(tiny_base, tiny_run):
 
 def test_rerun_without_force_is_refused(tiny_run):
     import pytest
+    from tuneship.train.train import TrainConfig, train_lora
 
     from tuneship.config import load_config
     from tuneship.errors import ArtifactError
-    from tuneship.train.train import TrainConfig, train_lora
 
     config = load_config(TrainConfig, **read_yaml(tiny_run.run_dir / "run.yaml")["config"])
     with pytest.raises(ArtifactError, match="already holds a trained adapter"):
