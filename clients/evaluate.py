@@ -18,7 +18,6 @@ from tuneship.clients.report import write_ab_report, write_eval_report
 from tuneship.clients.runner import Sampling, generate, list_models
 from tuneship.clients.scorers import SCORERS, default_scorers
 from tuneship.clients.stats import Comparison, compare, holm
-
 from tuneship.errors import EvalError
 
 # When an adapter answers byte-for-byte like the base on at least this share of

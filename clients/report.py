@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tuneship.clients.data import EvalItem
-
 from tuneship.artifacts import write_json
+from tuneship.clients.data import EvalItem
 
 REPORT_MD = "report.md"
 REPORT_JSON = "report.json"

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 from tuneship.clients.data import EvalItem
-
 from tuneship.errors import EvalError
 
 

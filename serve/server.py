@@ -19,9 +19,9 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from tuneship.export.check import check_adapter, fitting_max_lora_rank
 
 from tuneship.errors import ServerError, TuneshipError
+from tuneship.export.check import check_adapter, fitting_max_lora_rank
 from tuneship.models import BaseModel, resolve_base
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")

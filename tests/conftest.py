@@ -65,9 +65,9 @@ def ticket_rows() -> list[dict]:
 @pytest.fixture(scope="session")
 def tiny_run(tiny_base: Path, ticket_rows: list[dict], tmp_path_factory: pytest.TempPathFactory):
     """A short LoRA run on the tiny base: high learning rate so the adapter clearly matters."""
-    from tuneship.train.train import TrainConfig, train_lora
-
     from tuneship.config import load_config
+    from tuneship.train.config import TrainConfig
+    from tuneship.train.train import train_model
 
     work = tmp_path_factory.mktemp("tiny-run")
     data = write_rows(work / "train.jsonl", ticket_rows[:64])
@@ -85,8 +85,11 @@ def tiny_run(tiny_base: Path, ticket_rows: list[dict], tmp_path_factory: pytest.
         logging_steps=2,
         save_steps=6,
         precision="fp32",
+        eval_fraction=0.1,
+        eval_steps=6,
+        max_length=160,
     )
-    return train_lora(config)
+    return train_model(config)
 
 
 @pytest.fixture(scope="session")

@@ -57,9 +57,9 @@ def test_unknown_setting_in_yaml_is_named(tmp_path):
 
 def test_every_shipped_preset_loads():
     from helpers import REPO
-    from tuneship.train.train import TrainConfig
 
     from tuneship.config import load_config
+    from tuneship.train.config import TrainConfig
 
     presets = sorted((REPO / "train" / "configs").glob("*.yaml"))
     assert presets

@@ -1,27 +1,32 @@
-"""LoRA fine-tuning with TRL: validate config and data -> load base -> train -> save adapter.
+"""Training with TRL: check data -> render tokens -> load base -> train -> save atomically.
 
     tuneship train --data examples/tickets/train.jsonl --name tickets
 
-writes ``runs/NAME/``: ``adapter/`` (PEFT, servable by vLLM), ``run.yaml`` (resolved
-config and lineage), ``metrics.jsonl`` (training log) and ``checkpoints/`` (for --resume).
+writes ``runs/NAME/``: ``adapter/`` (PEFT; ``model/`` for full fine-tuning),
+``run.yaml`` (resolved config and lineage), ``metrics.jsonl`` and ``loss.png``,
+``tensorboard/``, ``chat_template.jinja`` (the template the examples were rendered
+with) and ``checkpoints/`` (for --resume). Runs unchanged under ``torchrun`` /
+``accelerate launch`` (data-parallel; gloo on CPU).
 """
 
 from __future__ import annotations
 
-import json
+import os
+import random
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from tuneship.train.data import load_dataset
-
 from tuneship.artifacts import (
     ADAPTER_DIR,
+    CHAT_TEMPLATE,
     CHECKPOINTS_DIR,
     LINEAGE,
+    LOSS_PLOT,
     METRICS,
+    MODEL_DIR,
     RUN_CONFIG,
     atomic_dir,
     library_versions,
@@ -30,64 +35,23 @@ from tuneship.artifacts import (
     write_json,
     write_yaml,
 )
-from tuneship.errors import ArtifactError
-from tuneship.models import resolve_base
-
-
-def opt(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
-
-
-@dataclass
-class TrainConfig:
-    """Settings of one LoRA training run."""
-
-    data: str = opt("", "training data file (JSONL: messages or prompt/completion)")
-    name: str = opt("", "run name; output goes to RUNS_DIR/NAME (default: data file stem)")
-    runs_dir: str = opt("runs", "directory that holds runs")
-    base: str = opt("default", "base model: 'default', a local HF directory or a hub id")
-    lora_r: int = opt(16, "LoRA rank")
-    lora_alpha: int = opt(32, "LoRA alpha (scaling = alpha / r)")
-    lora_dropout: float = opt(0.05, "dropout on the LoRA input")
-    target_modules: str = opt("all-linear", "modules to adapt: 'all-linear' or comma-separated names")
-    learning_rate: float = opt(2e-4, "peak learning rate (cosine schedule, 5% warm-up)")
-    max_steps: int = opt(-1, "optimizer steps; -1 means use epochs")
-    epochs: float = opt(1.0, "passes over the data when max_steps is -1")
-    batch_size: int = opt(8, "examples per device per step")
-    grad_accum: int = opt(1, "gradient accumulation steps")
-    max_length: int = opt(512, "maximum tokens per example (longer ones are truncated)")
-    precision: str = opt("auto", "'auto' (bf16 where supported), 'bf16' or 'fp32'")
-    seed: int = opt(42, "random seed")
-    logging_steps: int = opt(5, "log metrics every N steps")
-    save_steps: int = opt(50, "checkpoint every N steps (for --resume)")
-    skip_invalid: bool = opt(False, "drop invalid data rows instead of refusing to train")
-
-    def check(self) -> list[str]:
-        problems = []
-        if not self.data:
-            problems.append("data: a training file is required (--data)")
-        if self.lora_r < 1:
-            problems.append("lora_r: must be >= 1")
-        if self.batch_size < 1 or self.grad_accum < 1:
-            problems.append("batch_size/grad_accum: must be >= 1")
-        if self.max_steps == 0 or (self.max_steps < 0 and self.epochs <= 0):
-            problems.append("max_steps/epochs: nothing to train")
-        if self.precision not in ("auto", "bf16", "fp32"):
-            problems.append("precision: one of auto, bf16, fp32")
-        if not 0 <= self.lora_dropout < 1:
-            problems.append("lora_dropout: must be in [0, 1)")
-        return problems
-
-    @property
-    def run_dir(self) -> Path:
-        return Path(self.runs_dir) / (self.name or Path(self.data).stem)
+from tuneship.errors import ArtifactError, ModelError
+from tuneship.models import BaseModel, resolve_base
+from tuneship.train.config import TrainConfig
+from tuneship.train.data import load_dataset
+from tuneship.train.metrics import MetricsWriter, write_loss_plot
+from tuneship.train.render import Rendered, render_dataset
 
 
 @dataclass
 class RunResult:
     run_dir: Path
-    adapter_dir: Path
+    adapter_dir: Path  # the PEFT adapter, or the full model directory for method "full"
     summary: dict
+
+
+def is_main_process() -> bool:
+    return int(os.environ.get("RANK", "0")) == 0
 
 
 def use_bf16(precision: str) -> bool:
@@ -96,117 +60,306 @@ def use_bf16(precision: str) -> bool:
     if precision != "auto":
         return precision == "bf16"
     if torch.cuda.is_available():
-        return torch.cuda.is_bf16_supported()
+        return bool(torch.cuda.is_bf16_supported())
     return bool(torch.cpu._is_avx512_bf16_supported())
 
 
-def _metrics_callback(path: Path) -> Any:
-    from transformers import TrainerCallback
-
-    class MetricsWriter(TrainerCallback):  # type: ignore[misc]
-        """Append every log entry to metrics.jsonl as it happens."""
-
-        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kw: Any) -> None:
-            if logs:
-                with path.open("a") as f:
-                    f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
-
-    return MetricsWriter()
-
-
-def train_lora(config: TrainConfig, force: bool = False, resume: bool = False) -> RunResult:
-    """Train a LoRA adapter and write the run directory; returns where it went."""
-    data = load_dataset(config.data, skip_invalid=config.skip_invalid)
+def prepare_run_dir(config: TrainConfig, force: bool, resume: bool) -> tuple[Path, bool]:
+    """Refuse to clobber a finished run; returns the run dir and whether a checkpoint exists."""
     run_dir = config.run_dir
-    adapter_dir = run_dir / ADAPTER_DIR
-    if adapter_dir.exists() and not force:
-        raise ArtifactError(f"{run_dir} already holds a trained adapter; pass --force to retrain")
-    checkpoints = run_dir / CHECKPOINTS_DIR
-    has_checkpoint = any(checkpoints.glob("checkpoint-*"))
+    output = run_dir / (MODEL_DIR if config.method == "full" else ADAPTER_DIR)
+    if output.exists() and not force:
+        raise ArtifactError(f"{run_dir} already holds a trained {output.name}; pass --force to retrain")
+    has_checkpoint = latest_checkpoint(run_dir) is not None
+    if resume and not has_checkpoint:
+        raise ArtifactError(f"{run_dir} has no checkpoint to resume from")
     if has_checkpoint and not resume and not force:
         raise ArtifactError(f"{run_dir} has checkpoints from an interrupted run; pass --resume or --force")
-    if force and not resume:
+    if force and not resume and is_main_process():
         shutil.rmtree(run_dir, ignore_errors=True)
     run_dir.mkdir(parents=True, exist_ok=True)
-    base = resolve_base(config.base)
-    print(f"Data: {data.path} ({data.format}, {len(data.examples)} examples)")
-    print(f"Base: {base.name} ({base.path})")
+    return run_dir, has_checkpoint
 
-    import torch
-    from datasets import Dataset
-    from peft import LoraConfig
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import SFTConfig, SFTTrainer
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    """The newest complete checkpoint (its trainer state is written last); a half-written one is skipped."""
+    complete = [
+        p for p in (run_dir / CHECKPOINTS_DIR).glob("checkpoint-*") if (p / "trainer_state.json").is_file()
+    ]
+    return max(complete, key=lambda p: int(p.name.split("-")[-1]), default=None)
+
+
+def load_tokenizer(base: BaseModel, template_file: str) -> tuple[Any, str]:
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(base.path)
-    if not tokenizer.chat_template:
-        raise ArtifactError(f"{base.path}: the tokenizer has no chat template")
-    model = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.float32)
-    bf16 = use_bf16(config.precision)
+    template = Path(template_file).read_text() if template_file else tokenizer.chat_template
+    if not template:
+        raise ModelError(f"{base.path}: the tokenizer has no chat template; pass --chat-template FILE")
+    tokenizer.chat_template = template
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer, template
+
+
+def held_out(config: TrainConfig, rows: list[Rendered], tokenizer: Any, template: str) -> tuple[list, list]:
+    """(train rows, eval rows): a separate file, or a seeded fraction of the training rows."""
+    if config.eval_data:
+        data = load_dataset(config.eval_data, config.format or None, config.skip_invalid)
+        eval_rows, _ = render_dataset(
+            data, tokenizer, config.max_length, template, config.loss_on, config.skip_invalid
+        )
+        return rows, eval_rows[: config.eval_max_rows]
+    if config.eval_fraction <= 0:
+        return rows, []
+    shuffled = rows[:]
+    random.Random(config.seed).shuffle(shuffled)
+    n_eval = max(1, int(len(rows) * config.eval_fraction))
+    return shuffled[n_eval:], shuffled[:n_eval][: config.eval_max_rows]
+
+
+def load_model(config: TrainConfig, base: BaseModel, bf16: bool) -> tuple[Any, Any]:
+    """The base model and the PEFT config for the chosen method (None for full fine-tuning)."""
+    import torch
+    from peft import LoraConfig, PromptTuningConfig, prepare_model_for_kbit_training
+    from transformers import AutoModelForCausalLM, BitsAndBytesConfig
+
+    if config.method == "qlora":
+        quantization = BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_use_double_quant=True,
+            bnb_4bit_compute_dtype=torch.bfloat16 if bf16 else torch.float32,
+        )
+        device_map = None if torch.cuda.is_available() else {"": "cpu"}
+        model = AutoModelForCausalLM.from_pretrained(
+            base.path, quantization_config=quantization, device_map=device_map
+        )
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
+    else:
+        # Adapters train in fp32 on a frozen base held in bf16 (no per-step casting, as autocast
+        # would do); full fine-tuning keeps fp32 master weights and uses autocast instead.
+        frozen_bf16 = bf16 and config.method != "full"
+        model = AutoModelForCausalLM.from_pretrained(
+            base.path, dtype=torch.bfloat16 if frozen_bf16 else torch.float32
+        )
+    if config.method == "full":
+        return model, None
+    if config.method == "prompt-tuning":
+        return model, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=config.num_virtual_tokens)
+    if config.method == "dora":
+        print("WARNING: vLLM cannot serve DoRA adapters; export a merged model to serve this run.")
     targets: str | list[str] = config.target_modules
     if targets != "all-linear":
         targets = [t.strip() for t in config.target_modules.split(",") if t.strip()]
-    peft_config = LoraConfig(
+    return model, LoraConfig(
         task_type="CAUSAL_LM",
         r=config.lora_r,
         lora_alpha=config.lora_alpha,
         lora_dropout=config.lora_dropout,
         target_modules=targets,
+        use_dora=config.method == "dora",
     )
+
+
+def build_trainer(
+    config: TrainConfig,
+    run_dir: Path,
+    model: Any,
+    peft_config: Any,
+    tokenizer: Any,
+    train_rows: list[Rendered],
+    eval_rows: list[Rendered],
+    bf16: bool,
+) -> Any:
+    import torch
+    from datasets import Dataset
+    from trl import SFTConfig
+
+    from tuneship.train.trainer import SparseLossSFTTrainer
+
+    def to_dataset(rows: list[Rendered]) -> Any:
+        return Dataset.from_dict(
+            {"input_ids": [r.input_ids for r in rows], "labels": [r.labels for r in rows]}
+        )
+
+    packing = use_packing(config, [len(r.input_ids) for r in train_rows])
+    distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    os.environ["TENSORBOARD_LOGGING_DIR"] = str(run_dir / "tensorboard")
     args = SFTConfig(
-        output_dir=str(checkpoints),
+        output_dir=str(run_dir / CHECKPOINTS_DIR),
         max_steps=config.max_steps,
         num_train_epochs=config.epochs,
         per_device_train_batch_size=config.batch_size,
+        per_device_eval_batch_size=config.batch_size,
         gradient_accumulation_steps=config.grad_accum,
         learning_rate=config.learning_rate,
         lr_scheduler_type="cosine",
         warmup_steps=0.05,
         logging_steps=config.logging_steps,
+        eval_strategy="steps" if eval_rows else "no",
+        eval_steps=config.eval_steps,
         save_steps=config.save_steps,
         save_total_limit=2,
         max_length=config.max_length,
+        packing=packing,
+        gradient_checkpointing=config.gradient_checkpointing,
         seed=config.seed,
-        bf16=bf16,
+        data_seed=config.seed,
+        bf16=bf16 and config.method in ("full", "qlora"),  # autocast; adapters on a bf16 base need none
         use_cpu=not torch.cuda.is_available(),
-        completion_only_loss=True,
-        report_to="none",
+        ddp_backend="gloo" if distributed and not torch.cuda.is_available() else None,
+        report_to=_reporters(),
         disable_tqdm=False,
     )
-    trainer = SFTTrainer(
+    return SparseLossSFTTrainer(
+        sparse_loss=config.method != "prompt-tuning",  # virtual tokens shift the positions
         model=model,
         args=args,
-        train_dataset=Dataset.from_list(data.examples),
+        train_dataset=to_dataset(train_rows),
+        eval_dataset=to_dataset(eval_rows) if eval_rows else None,
         processing_class=tokenizer,
         peft_config=peft_config,
-        callbacks=[_metrics_callback(run_dir / METRICS)],
+        callbacks=[MetricsWriter(run_dir / METRICS)],
+    )
+
+
+# Padding share below which padded batches beat packing on CPU: packed rows need a
+# block-diagonal attention mask, which cost ~30% per token with sdpa on 2 cores
+# (bench/train_throughput.py); on CUDA, padding-free batches are nearly free.
+PACKING_THRESHOLD = 0.25
+
+
+def expected_padding(lengths: list[int], batch_size: int, seed: int = 0) -> float:
+    """Padding share of randomly drawn padded batches of these example lengths."""
+    shuffled = lengths[:]
+    random.Random(seed).shuffle(shuffled)
+    padded = real = 0
+    for i in range(0, len(shuffled), batch_size):
+        batch = shuffled[i : i + batch_size]
+        padded += max(batch) * len(batch)
+        real += sum(batch)
+    return 1 - real / max(1, padded)
+
+
+def use_packing(config: TrainConfig, lengths: list[int]) -> bool:
+    """Pack when asked, or (auto) when padding would waste more than packing costs."""
+    if config.method == "prompt-tuning" or config.packing == "never":
+        return False  # prompt tuning prepends virtual tokens, which packed position ids cannot describe
+    if config.packing == "always":
+        return True
+    import torch
+
+    return (
+        torch.cuda.is_available()
+        or expected_padding(lengths, config.batch_size, config.seed) > PACKING_THRESHOLD
+    )
+
+
+def _reporters() -> list[str]:
+    import importlib.util
+
+    return ["tensorboard"] if importlib.util.find_spec("tensorboard") else []
+
+
+def padding_fraction(trainer: Any, packing: bool) -> float:
+    """Share of batch positions that are padding (0 when packed: padding-free batches)."""
+    if packing:
+        return 0.0
+    real = total = 0
+    for batch in trainer.get_train_dataloader():
+        total += batch["input_ids"].numel()
+        real += (
+            int(batch["attention_mask"].sum()) if "attention_mask" in batch else batch["input_ids"].numel()
+        )
+    return 1 - real / max(1, total)
+
+
+def train_model(config: TrainConfig, force: bool = False, resume: bool = False) -> RunResult:
+    """Check the data, train, and write the run directory; returns where it went."""
+    data = load_dataset(config.data, config.format or None, config.skip_invalid)
+    print(f"Data: {data.path} (format: {data.format}, {len(data.examples)} examples)")
+    run_dir, _ = prepare_run_dir(config, force, resume)
+    base = resolve_base(config.base)
+    tokenizer, template = load_tokenizer(base, config.chat_template)
+    rows, stats = render_dataset(
+        data, tokenizer, config.max_length, template, config.loss_on, config.skip_invalid
+    )
+    train_rows, eval_rows = held_out(config, rows, tokenizer, template)
+    print(f"Base: {base.name} ({base.path}); method: {config.method}")
+    print(
+        f"Tokens: {stats.tokens} in {stats.examples} examples, {stats.trained_tokens} carry loss; "
+        f"{len(train_rows)} train / {len(eval_rows)} held-out rows"
+    )
+    bf16 = use_bf16(config.precision)
+    model, peft_config = load_model(config, base, bf16)
+    trainer = build_trainer(config, run_dir, model, peft_config, tokenizer, train_rows, eval_rows, bf16)
+    padding = padding_fraction(trainer, trainer.args.packing)
+    print(
+        f"Batches: {'packed (padding-free)' if trainer.args.packing else 'padded'}, "
+        f"padding {padding:.1%}, precision {'bf16' if bf16 else 'fp32'}"
     )
     started = time.time()
-    output = trainer.train(resume_from_checkpoint=True if (resume and has_checkpoint) else None)
-    elapsed = time.time() - started
+    checkpoint = latest_checkpoint(run_dir) if resume else None
+    if checkpoint:
+        print(f"Resuming from {checkpoint}")
+    output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     tokens = [e["num_tokens"] for e in trainer.state.log_history if "num_tokens" in e]
+    evals = [e["eval_loss"] for e in trainer.state.log_history if "eval_loss" in e]
     summary = {
         "steps": trainer.state.global_step,
         "train_loss": round(float(output.training_loss), 4),
-        "train_seconds": round(elapsed, 1),
+        "eval_loss": round(evals[-1], 4) if evals else None,
+        "train_seconds": round(time.time() - started, 1),
         "num_tokens": int(tokens[-1]) if tokens else None,
         "precision": "bf16" if bf16 else "fp32",
+        "padding_fraction": round(padding, 4),
+        "packing": bool(trainer.args.packing),
     }
     lineage = {
-        "kind": "lora-adapter",
+        "kind": "full-model" if config.method == "full" else "adapter",
+        "method": config.method,
         "base_model": base.identity(),
         "data": {
             "path": str(data.path),
-            "sha256": sha256_file(data.path),
+            "sha256": _data_hash(data.path),
             "format": data.format,
             "examples": len(data.examples),
+            "skipped": len(data.problems),
         },
-        "chat_template_sha256": sha256_text(tokenizer.chat_template),
+        "chat_template_sha256": sha256_text(template),
+        "loss_on": config.loss_on,
         "seed": config.seed,
         "versions": library_versions(),
     }
-    with atomic_dir(adapter_dir, force=True) as tmp:
+    output_dir = run_dir / (MODEL_DIR if config.method == "full" else ADAPTER_DIR)
+    if trainer.is_world_process_zero():
+        save_run(trainer, tokenizer, template, config, run_dir, output_dir, lineage, summary)
+    return RunResult(run_dir, output_dir, summary)
+
+
+def save_run(
+    trainer: Any,
+    tokenizer: Any,
+    template: str,
+    config: TrainConfig,
+    run_dir: Path,
+    output_dir: Path,
+    lineage: dict,
+    summary: dict,
+) -> None:
+    """Write the adapter (or model) atomically, then the run record and the loss plot."""
+    with atomic_dir(output_dir, force=True) as tmp:
         trainer.model.save_pretrained(tmp)
+        if config.method == "full":
+            tokenizer.save_pretrained(tmp)
         write_json(tmp / LINEAGE, lineage)
+    (run_dir / CHAT_TEMPLATE).write_text(template)
     write_yaml(run_dir / RUN_CONFIG, {"config": asdict(config), "lineage": lineage, "result": summary})
-    return RunResult(run_dir, adapter_dir, summary)
+    write_loss_plot(run_dir / METRICS, run_dir / LOSS_PLOT)
+
+
+def _data_hash(path: Path) -> str:
+    from tuneship.artifacts import hash_dir
+
+    return hash_dir(path) if path.is_dir() else sha256_file(path)

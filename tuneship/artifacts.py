@@ -25,6 +25,9 @@ from tuneship.errors import ArtifactError
 # Artifact file names, defined once.
 RUN_CONFIG = "run.yaml"
 ADAPTER_DIR = "adapter"
+MODEL_DIR = "model"  # full fine-tuning writes a whole model instead of an adapter
+CHAT_TEMPLATE = "chat_template.jinja"
+LOSS_PLOT = "loss.png"
 METRICS = "metrics.jsonl"
 CHECKPOINTS_DIR = "checkpoints"
 MANIFEST = "manifest.json"

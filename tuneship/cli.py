@@ -34,7 +34,7 @@ def friendly_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def _train_help(name: str) -> str:
-    from tuneship.train.train import TrainConfig
+    from tuneship.train.config import TrainConfig
 
     return field_help(TrainConfig, name)
 
@@ -71,6 +71,21 @@ def cli() -> None:
 @click.option("--name", help=_train_help("name"))
 @click.option("--runs-dir", help=_train_help("runs_dir"))
 @click.option("--base", help=_train_help("base"))
+@click.option(
+    "--format",
+    "format",
+    type=click.Choice(["messages", "prompt-completion", "alpaca", "sharegpt"]),
+    help=_train_help("format"),
+)
+@click.option(
+    "--method",
+    type=click.Choice(["lora", "dora", "qlora", "full", "prompt-tuning"]),
+    help=_train_help("method"),
+)
+@click.option("--loss-on", type=click.Choice(["assistant", "all"]), help=_train_help("loss_on"))
+@click.option(
+    "--chat-template", type=click.Path(exists=True, dir_okay=False), help=_train_help("chat_template")
+)
 @click.option("--lora-r", type=int, help=_train_help("lora_r"))
 @click.option("--lora-alpha", type=int, help=_train_help("lora_alpha"))
 @click.option("--target-modules", help=_train_help("target_modules"))
@@ -80,6 +95,11 @@ def cli() -> None:
 @click.option("--batch-size", type=int, help=_train_help("batch_size"))
 @click.option("--grad-accum", type=int, help=_train_help("grad_accum"))
 @click.option("--max-length", type=int, help=_train_help("max_length"))
+@click.option("--packing", type=click.Choice(["auto", "always", "never"]), help=_train_help("packing"))
+@click.option("--eval-data", type=click.Path(exists=True), help=_train_help("eval_data"))
+@click.option("--eval-fraction", type=float, help=_train_help("eval_fraction"))
+@click.option("--eval-steps", type=int, help=_train_help("eval_steps"))
+@click.option("--logging-steps", type=int, help=_train_help("logging_steps"))
 @click.option("--precision", type=click.Choice(["auto", "bf16", "fp32"]), help=_train_help("precision"))
 @click.option("--seed", type=int, help=_train_help("seed"))
 @click.option("--save-steps", type=int, help=_train_help("save_steps"))
@@ -88,15 +108,59 @@ def cli() -> None:
 @click.option("--force", is_flag=True, help="replace an existing run of the same name")
 @friendly_errors
 def train(config_file: str | None, resume: bool, force: bool, **overrides: Any) -> None:
-    """Train a LoRA adapter on a JSONL dataset (writes runs/NAME/)."""
+    """Train an adapter (or a full model) on a dataset; writes runs/NAME/.
+
+    Data: JSONL, JSON, CSV, Parquet or a datasets directory, in messages, prompt/completion,
+    alpaca or sharegpt format. Every row is checked before any model loads.
+    """
     from tuneship.config import load_config
-    from tuneship.train.train import TrainConfig, train_lora
+    from tuneship.train.config import TrainConfig
+    from tuneship.train.train import train_model
 
     config = load_config(TrainConfig, config_file, **overrides)
-    result = train_lora(config, force=force, resume=resume)
-    click.echo(f"Trained {result.summary['steps']} steps, final loss {result.summary['train_loss']}")
-    click.echo(f"Adapter: {result.adapter_dir}")
-    click.echo(f"Run record: {result.run_dir / 'run.yaml'}")
+    result = train_model(config, force=force, resume=resume)
+    s = result.summary
+    held_out = f", held-out loss {s['eval_loss']}" if s["eval_loss"] is not None else ""
+    click.echo(f"Trained {s['steps']} steps, train loss {s['train_loss']}{held_out}")
+    click.echo(f"Output: {result.adapter_dir}")
+    click.echo(f"Run record: {result.run_dir / 'run.yaml'} (loss plot: {result.run_dir / 'loss.png'})")
+
+
+@cli.group()
+def data() -> None:
+    """Inspect training data before spending compute."""
+
+
+@data.command(name="check")
+@click.argument("path", type=click.Path(exists=True))
+@click.option(
+    "--format",
+    "format",
+    type=click.Choice(["messages", "prompt-completion", "alpaca", "sharegpt"]),
+    help=_train_help("format"),
+)
+@click.option(
+    "--base", default="default", show_default=True, help="model whose tokenizer and template to use"
+)
+@click.option("--max-length", default=512, show_default=True, help=_train_help("max_length"))
+@click.option(
+    "--loss-on",
+    type=click.Choice(["assistant", "all"]),
+    default="assistant",
+    show_default=True,
+    help=_train_help("loss_on"),
+)
+@click.option(
+    "--chat-template", type=click.Path(exists=True, dir_okay=False), help=_train_help("chat_template")
+)
+@friendly_errors
+def data_check(
+    path: str, format: str | None, base: str, max_length: int, loss_on: str, chat_template: str | None
+) -> None:
+    """Check a data file: bad rows, token lengths, trained tokens, one rendered example."""
+    from tuneship.train.datacheck import check_data
+
+    check_data(path, format, base, max_length, loss_on, chat_template)
 
 
 @cli.command()

@@ -28,7 +28,8 @@ def run_demo(workdir: Path, max_steps: int | None = None, port: int = 8011) -> d
     from tuneship.export.merge import export_merged
     from tuneship.models import resolve_base
     from tuneship.serve.server import ServeConfig, VLLMServer
-    from tuneship.train.train import TrainConfig, train_lora
+    from tuneship.train.config import TrainConfig
+    from tuneship.train.train import train_model
 
     console = Console()
     started = time.time()
@@ -47,7 +48,7 @@ def run_demo(workdir: Path, max_steps: int | None = None, port: int = 8011) -> d
     config = load_config(
         TrainConfig, PRESET, data=str(train_file), runs_dir=str(workdir / "runs"), max_steps=max_steps
     )
-    run = train_lora(config, force=True)
+    run = train_model(config, force=True)
     console.print(
         f"adapter: {run.adapter_dir} ({run.summary['steps']} steps, loss {run.summary['train_loss']})"
     )

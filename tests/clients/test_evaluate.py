@@ -3,10 +3,10 @@
 import json
 
 import pytest
+
 from tuneship.clients.data import load_items
 from tuneship.clients.evaluate import EvalSettings, ab_compare, check_adapters, evaluate
 from tuneship.clients.runner import Sampling
-
 from tuneship.errors import EvalError
 
 

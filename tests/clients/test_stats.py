@@ -1,6 +1,7 @@
 import math
 
 import pytest
+
 from tuneship.clients.scorers import SCORERS, default_scorers
 from tuneship.clients.stats import bootstrap_ci, compare, holm, mcnemar_exact, permutation_p
 

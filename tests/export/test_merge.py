@@ -1,11 +1,11 @@
 import json
 
 import pytest
-from tuneship.export.check import check_adapter, fitting_max_lora_rank
-from tuneship.export.merge import export_merged
 
 from tuneship.artifacts import read_json, sha256_file
 from tuneship.errors import ArtifactError
+from tuneship.export.check import check_adapter, fitting_max_lora_rank
+from tuneship.export.merge import export_merged
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,9 @@ import json
 
 import pytest
 from openai import OpenAI
-from tuneship.serve.server import ServeConfig, VLLMServer
 
 from tuneship.errors import TuneshipError
+from tuneship.serve.server import ServeConfig, VLLMServer
 
 
 def test_models_lists_adapter_with_base_as_parent(live_server):

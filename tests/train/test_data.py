@@ -1,82 +1,164 @@
 import json
 
 import pytest
-from tuneship.train.data import load_dataset
 
 from tuneship.errors import DataError
+from tuneship.train.data import load_dataset
+
+CHAT = [
+    {"role": "system", "content": "s"},
+    {"role": "user", "content": "u"},
+    {"role": "assistant", "content": "a"},
+]
 
 
-def write(tmp_path, lines):
-    path = tmp_path / "data.jsonl"
+def write(tmp_path, lines, name="data.jsonl"):
+    path = tmp_path / name
     path.write_text("\n".join(lines) + "\n")
     return path
 
 
-def test_messages_become_prompt_and_final_assistant_turn(tmp_path):
+def roles(example):
+    return [(m["role"], m["content"], m["weight"]) for m in example.messages]
+
+
+ROWS = {
+    "messages": {"messages": CHAT},
+    "prompt-completion": {"prompt": "u", "completion": "a"},
+    "alpaca": {"instruction": "u", "input": "", "output": "a"},
+    "sharegpt": {"conversations": [{"from": "human", "value": "u"}, {"from": "gpt", "value": "a"}]},
+}
+
+
+@pytest.mark.parametrize("fmt", sorted(ROWS))
+def test_format_is_detected_in_every_file_type(tmp_path, fmt):
+    import pandas as pd
+
+    row = ROWS[fmt]
+    rows = [row, {**row}]  # second row differs below so it is no duplicate
+    key = {
+        "messages": "messages",
+        "prompt-completion": "prompt",
+        "alpaca": "instruction",
+        "sharegpt": "conversations",
+    }[fmt]
+    rows[1] = json.loads(json.dumps(row).replace('"u"', '"u2"'))
+    paths = [
+        write(tmp_path, [json.dumps(r) for r in rows]),
+        tmp_path / "d.json",
+        tmp_path / "d.csv",
+        tmp_path / "d.parquet",
+    ]
+    paths[1].write_text(json.dumps(rows))
+    frame = pd.DataFrame(
+        [{k: json.dumps(v) if isinstance(v, list) else v for k, v in r.items()} for r in rows]
+    )
+    frame.to_csv(paths[2], index=False)
+    pd.DataFrame(rows).to_parquet(paths[3])
+    from datasets import Dataset
+
+    Dataset.from_list(rows).save_to_disk(str(tmp_path / "ds"))
+    paths.append(tmp_path / "ds")
+    for path in paths:
+        data = load_dataset(path)
+        assert data.format == fmt, path
+        assert len(data.examples) == 2 and roles(data.examples[0])[-1] == ("assistant", "a", 1), (path, key)
+
+
+def test_format_override_and_alpaca_input_and_system(tmp_path):
+    path = write(
+        tmp_path, [json.dumps({"instruction": "do", "input": "this", "output": "done", "system": "sys"})]
+    )
+    data = load_dataset(path, fmt="alpaca")
+    assert roles(data.examples[0]) == [
+        ("system", "sys", 0),
+        ("user", "do\n\nthis", 0),
+        ("assistant", "done", 1),
+    ]
+    with pytest.raises(DataError, match="missing field 'prompt'"):
+        load_dataset(path, fmt="prompt-completion")
+
+
+def test_openai_weights_and_multi_turn(tmp_path):
     row = {
         "messages": [
-            {"role": "system", "content": "s"},
-            {"role": "user", "content": "u"},
-            {"role": "assistant", "content": "a"},
+            {"role": "user", "content": "q1"},
+            {"role": "assistant", "content": "a1", "weight": 0},
+            {"role": "user", "content": "q2"},
+            {"role": "assistant", "content": "a2", "weight": 1},
         ]
     }
     data = load_dataset(write(tmp_path, [json.dumps(row)]))
-    assert data.format == "messages"
-    assert data.examples == [{"prompt": row["messages"][:2], "completion": row["messages"][2:]}]
+    assert [m["weight"] for m in data.examples[0].messages] == [0, 0, 0, 1]
 
 
-def test_prompt_completion_is_rendered_as_a_chat_turn(tmp_path):
-    data = load_dataset(write(tmp_path, [json.dumps({"prompt": "p", "completion": "c"})]))
-    assert data.format == "prompt-completion"
-    assert data.examples[0]["prompt"] == [{"role": "user", "content": "p"}]
-    assert data.examples[0]["completion"] == [{"role": "assistant", "content": "c"}]
-
-
-def test_every_bad_row_is_reported_with_file_and_line(tmp_path):
-    good = json.dumps({"prompt": "p", "completion": "c"})
-    path = write(
-        tmp_path,
+BAD = [
+    ("{not json", "invalid JSON"),
+    (json.dumps({"prompt": "p"}), "missing field 'completion'"),
+    (json.dumps({"prompt": "p", "completion": " "}), "field 'completion' is empty"),
+    (json.dumps({"prompt": 3, "completion": "c"}), "field 'prompt' is not a string"),
+    (json.dumps([1]), "expected an object"),
+]
+BAD_CHAT = [
+    ([{"role": "robot", "content": "u"}, {"role": "assistant", "content": "a"}], "unknown role 'robot'"),
+    ([{"role": "user", "content": 3}, {"role": "assistant", "content": "a"}], "content is not a string"),
+    ([{"role": "user", "content": ""}, {"role": "assistant", "content": "a"}], "has empty content"),
+    ([{"role": "user", "content": "u"}], "no assistant turn"),
+    ([{"role": "assistant", "content": "a"}], "wrong turn order: messages[0] is assistant, expected user"),
+    (
         [
-            good,
-            "{not json",
-            json.dumps({"prompt": "p"}),
-            good,
-            json.dumps({"prompt": "p", "completion": ""}),
-            json.dumps([1]),
+            {"role": "user", "content": "u"},
+            {"role": "user", "content": "v"},
+            {"role": "assistant", "content": "a"},
         ],
-    )
+        "wrong turn order: messages[1] is user, expected assistant",
+    ),
+    ([{"role": "user", "content": "u"}, {"role": "assistant", "content": "a", "weight": 0}], "weight 0"),
+    (
+        [{"role": "user", "content": "u"}, {"role": "assistant", "content": "a", "weight": 5}],
+        "weight must be 0 or 1",
+    ),
+]
+
+
+def test_each_bad_row_gets_its_own_message_with_file_and_line(tmp_path):
+    good = json.dumps({"prompt": "p", "completion": "c"})
+    lines = [good] + [line for line, _ in BAD] + [good]
+    path = write(tmp_path, lines)
     with pytest.raises(DataError) as info:
         load_dataset(path)
     text = str(info.value)
-    assert "4 invalid row(s)" in text
-    for line, reason in (
-        (2, "invalid JSON"),
-        (3, "missing field 'completion'"),
-        (5, "field 'completion' is empty"),
-        (6, "expected a JSON object"),
-    ):
-        assert f"{path}:{line}: {reason}" in text
+    assert f"{len(BAD) + 1} invalid row(s)" in text  # the repeated good row is a duplicate
+    for lineno, (_, reason) in enumerate(BAD, start=2):
+        assert f"{path}:{lineno}: {reason}" in text
+    assert f"{path}:{len(lines)}: exact duplicate of {path}:1" in text
 
 
-def test_chat_problems_are_named(tmp_path):
-    rows = [
-        {"messages": [{"role": "user", "content": "u"}]},
-        {"messages": [{"role": "robot", "content": "u"}, {"role": "assistant", "content": "a"}]},
-        {"messages": [{"role": "user", "content": 3}, {"role": "assistant", "content": "a"}]},
-    ]
+def test_each_bad_chat_gets_its_own_message(tmp_path):
+    path = write(tmp_path, [json.dumps({"messages": m}) for m, _ in BAD_CHAT])
     with pytest.raises(DataError) as info:
-        load_dataset(write(tmp_path, [json.dumps(r) for r in rows]))
-    text = str(info.value)
-    assert ":1: the last message must be from the assistant" in text
-    assert ":2: message 0 has unknown role 'robot'" in text
-    assert ":3: message 0 content is not a string" in text
+        load_dataset(path)
+    for lineno, (_, reason) in enumerate(BAD_CHAT, start=1):
+        assert f"{path}:{lineno}: " in str(info.value) and reason in str(info.value), reason
+
+
+def test_report_is_capped_with_a_count_of_the_rest(tmp_path):
+    path = write(tmp_path, ["{bad"] * 25 + [json.dumps({"prompt": "p", "completion": "c"})])
+    with pytest.raises(DataError) as info:
+        load_dataset(path)
+    assert "25 invalid row(s)" in str(info.value) and "... and 5 more" in str(info.value)
 
 
 def test_skip_invalid_keeps_the_good_rows(tmp_path, capsys):
     path = write(tmp_path, [json.dumps({"prompt": "p", "completion": "c"}), "oops"])
     data = load_dataset(path, skip_invalid=True)
-    assert len(data.examples) == 1
-    assert "Skipped 1 invalid row" in capsys.readouterr().out
+    assert len(data.examples) == 1 and len(data.problems) == 1
+    assert "Skipping 1 invalid row(s)" in capsys.readouterr().out
+
+
+def test_unknown_shape_asks_for_format(tmp_path):
+    with pytest.raises(DataError, match="cannot tell the format"):
+        load_dataset(write(tmp_path, [json.dumps({"text": "hello"})]))
 
 
 def test_example_data_is_valid_in_both_forms():
@@ -90,8 +172,8 @@ def test_example_data_is_valid_in_both_forms():
     ):
         data = load_dataset(TICKETS / name)
         assert (data.format, len(data.examples)) == (fmt, n)
-    train = {json.dumps(e["prompt"]) for e in load_dataset(TICKETS / "train.jsonl").examples}
-    held_out = {json.dumps(e["prompt"]) for e in load_dataset(TICKETS / "eval.jsonl").examples}
+    train = {json.dumps(e.messages[:-1]) for e in load_dataset(TICKETS / "train.jsonl").examples}
+    held_out = {json.dumps(e.messages[:-1]) for e in load_dataset(TICKETS / "eval.jsonl").examples}
     assert not train & held_out, "held-out tickets must not occur in the training data"
 
 

@@ -1,7 +1,44 @@
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
 import torch
+from helpers import write_rows
 from safetensors.torch import load_file
 
 from tuneship.artifacts import read_json, read_yaml, sha256_file
+from tuneship.config import load_config
+from tuneship.errors import ArtifactError
+from tuneship.export.check import check_adapter
+from tuneship.train.config import TrainConfig
+from tuneship.train.train import train_model
+
+
+def tiny_config(tiny_base, data, runs, name, **overrides):
+    settings = dict(
+        data=str(data),
+        base=str(tiny_base),
+        runs_dir=str(runs),
+        name=name,
+        max_steps=4,
+        batch_size=4,
+        learning_rate=5e-3,
+        lora_r=8,
+        lora_alpha=16,
+        logging_steps=1,
+        precision="fp32",
+        max_length=160,
+    )
+    return load_config(TrainConfig, **{**settings, **overrides})
+
+
+@pytest.fixture(scope="module")
+def small_data(ticket_rows, tmp_path_factory):
+    return write_rows(tmp_path_factory.mktemp("data") / "train.jsonl", ticket_rows[:32])
 
 
 def test_lora_run_changes_adapter_not_base(tiny_base, tiny_run):
@@ -13,28 +50,143 @@ def test_lora_run_changes_adapter_not_base(tiny_base, tiny_run):
     assert all(torch.equal(base_before[k], base_after[k]) for k in base_before)
 
 
-def test_run_directory_records_config_and_lineage(tiny_base, tiny_run):
+def test_run_directory_records_config_lineage_and_metrics(tiny_base, tiny_run):
     record = read_yaml(tiny_run.run_dir / "run.yaml")
     assert record["config"]["max_steps"] == 12
     lineage = record["lineage"]
     assert lineage["base_model"]["path"] == str(tiny_base)
     assert len(lineage["base_model"]["weights_sha256"]) == 64
     assert lineage["data"]["sha256"] == sha256_file(lineage["data"]["path"])
-    assert len(lineage["chat_template_sha256"]) == 64
+    assert (
+        lineage["chat_template_sha256"]
+        == __import__("hashlib").sha256((tiny_run.run_dir / "chat_template.jinja").read_bytes()).hexdigest()
+    )
     assert {"torch", "transformers", "peft", "trl"} <= set(lineage["versions"])
-    assert record["result"]["steps"] == 12
+    # similar lengths: padding (measured) is cheaper than packing on CPU, so auto pads
+    assert record["result"]["steps"] == 12 and record["result"]["packing"] is False
+    assert 0 < record["result"]["padding_fraction"] < 0.25
     assert read_json(tiny_run.adapter_dir / "tuneship.json") == lineage
-    metrics = (tiny_run.run_dir / "metrics.jsonl").read_text().splitlines()
-    assert len(metrics) >= 6 and '"loss"' in metrics[0]
+    metrics = [json.loads(line) for line in (tiny_run.run_dir / "metrics.jsonl").read_text().splitlines()]
+    assert any("loss" in m for m in metrics) and any("tokens_per_second" in m for m in metrics)
+    assert any("eval_loss" in m for m in metrics), "held-out loss is logged"
+    assert (tiny_run.run_dir / "loss.png").read_bytes()[:4] == b"\x89PNG"
+    assert list((tiny_run.run_dir / "tensorboard").rglob("events.out.tfevents.*"))
 
 
 def test_rerun_without_force_is_refused(tiny_run):
-    import pytest
-    from tuneship.train.train import TrainConfig, train_lora
-
-    from tuneship.config import load_config
-    from tuneship.errors import ArtifactError
-
     config = load_config(TrainConfig, **read_yaml(tiny_run.run_dir / "run.yaml")["config"])
     with pytest.raises(ArtifactError, match="already holds a trained adapter"):
-        train_lora(config)
+        train_model(config)
+
+
+def test_same_seed_gives_identical_adapter_weights(tiny_base, small_data, tmp_path):
+    runs = [train_model(tiny_config(tiny_base, small_data, tmp_path / str(i), "r")) for i in range(2)]
+    a, b = (load_file(str(r.adapter_dir / "adapter_model.safetensors")) for r in runs)
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_packed_batches_have_no_padding(tiny_base, small_data, tmp_path):
+    result = train_model(
+        tiny_config(tiny_base, small_data, tmp_path, "packed", packing="always", max_steps=2)
+    )
+    assert result.summary["packing"] is True and result.summary["padding_fraction"] == 0.0
+
+
+def test_auto_packing_follows_the_padding_it_would_save():
+    from tuneship.train.train import expected_padding, use_packing
+
+    assert expected_padding([10] * 16, 8) == 0.0
+    assert expected_padding([10, 30] * 8, 8) == pytest.approx(1 - 20 / 30)
+    config = load_config(TrainConfig, data="x.jsonl")
+    assert use_packing(config, [10, 300] * 8) and not use_packing(config, [100, 110] * 8)
+    assert not use_packing(
+        load_config(TrainConfig, data="x.jsonl", method="prompt-tuning", packing="always"), [1]
+    )
+
+
+@pytest.mark.parametrize("method", ["qlora", "dora", "full", "prompt-tuning"])
+def test_other_methods_train_and_save(tiny_base, small_data, tmp_path, method, capsys):
+    result = train_model(tiny_config(tiny_base, small_data, tmp_path, method, method=method, max_steps=2))
+    assert result.summary["steps"] == 2
+    assert read_json(result.adapter_dir / "tuneship.json")["method"] == method
+    if method == "full":
+        assert result.adapter_dir.name == "model" and (result.adapter_dir / "tokenizer.json").is_file()
+        assert not torch.equal(
+            load_file(str(result.adapter_dir / "model.safetensors"))["model.norm.weight"],
+            load_file(str(tiny_base / "model.safetensors"))["model.norm.weight"],
+        )
+        return
+    config = read_json(result.adapter_dir / "adapter_config.json")
+    if method == "qlora":
+        assert check_adapter(result.adapter_dir).ok and config["peft_type"] == "LORA"
+    if method == "dora":
+        assert "vLLM cannot serve DoRA" in capsys.readouterr().out
+        assert any("DoRA" in p for p in check_adapter(result.adapter_dir).problems)
+    if method == "prompt-tuning":
+        assert config["peft_type"] == "PROMPT_TUNING" and config["num_virtual_tokens"] == 20
+
+
+def test_packed_sequences_do_not_attend_across_examples(tiny_base):
+    """Packing is only correct if position ids that restart isolate the examples (sdpa on CPU).
+
+    They do only without a KV cache: with ``use_cache`` on, transformers skips the check and
+    the second example attends to the first. The trainer's loss therefore turns the cache off.
+    """
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(tiny_base, dtype=torch.float32).eval()
+    a, b = torch.tensor([[5, 17, 99, 4, 300]]), torch.tensor([[42, 7, 1000]])
+    with torch.no_grad():
+        separate = torch.cat([model(a).logits, model(b).logits], dim=1)
+        inputs = {
+            "input_ids": torch.cat([a, b], dim=1),
+            "position_ids": torch.tensor([[0, 1, 2, 3, 4, 0, 1, 2]]),
+        }
+        packed = model(**inputs, use_cache=False).logits
+        leaky = model(**inputs, use_cache=True).logits
+    assert torch.allclose(separate, packed, atol=1e-5)
+    assert not torch.allclose(separate, leaky, atol=1e-3), "if this passes, transformers changed: revisit"
+
+
+def _cli(*args):
+    return [sys.executable, "-m", "tuneship.cli", "train", *args]
+
+
+def test_resume_after_sigkill_finishes_with_the_right_step_count(tiny_base, small_data, tmp_path):
+    args = [
+        "--data",
+        str(small_data),
+        "--base",
+        str(tiny_base),
+        "--runs-dir",
+        str(tmp_path),
+        "--name",
+        "k",
+        "--max-steps",
+        "60",
+        "--save-steps",
+        "5",
+        "--batch-size",
+        "2",
+        "--precision",
+        "fp32",
+        "--max-length",
+        "160",
+        "--lr",
+        "1e-3",
+    ]
+    first = subprocess.Popen(_cli(*args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = tmp_path / "k" / "checkpoints" / "checkpoint-5" / "trainer_state.json"
+    deadline = time.monotonic() + 300
+    while not state.exists() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert not (tmp_path / "k" / "adapter").exists(), "killed mid-run: no adapter yet"
+    refused = subprocess.run(_cli(*args), capture_output=True, text=True)
+    assert refused.returncode == 1 and "pass --resume or --force" in refused.stderr
+    resumed = subprocess.run(_cli(*args, "--resume"), capture_output=True, text=True, env=os.environ)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert "Resuming from" in resumed.stdout
+    assert read_yaml(tmp_path / "k" / "run.yaml")["result"]["steps"] == 60
+    assert check_adapter(tmp_path / "k" / "adapter").ok

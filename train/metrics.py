@@ -1,0 +1,69 @@
+"""Training metrics: tokens/second on the progress bar, metrics.jsonl, and a loss plot."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+from transformers import TrainerCallback
+
+
+class MetricsWriter(TrainerCallback):  # type: ignore[misc]
+    """Add tokens/second to every log entry and append it to metrics.jsonl as it happens.
+
+    Runs before the progress callback, so the rate also shows beside the loss there.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.last: tuple[float, float] | None = None
+
+    def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+        if not logs or not state.is_world_process_zero:
+            return
+        now = time.perf_counter()
+        if "num_tokens" in logs:
+            if self.last is not None and now > self.last[0]:
+                logs["tokens_per_second"] = round(
+                    (logs["num_tokens"] - self.last[1]) / (now - self.last[0]), 1
+                )
+            self.last = (now, logs["num_tokens"])
+        with self.path.open("a") as f:
+            f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self.last = None
+
+
+def read_metrics(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_loss_plot(metrics: Path, out: Path) -> Path | None:
+    """Train and held-out loss against steps, as a PNG."""
+    rows = read_metrics(metrics)
+    train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
+    held_out = [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r]
+    if not train:
+        return None
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    ax.plot(*zip(*train, strict=True), label="train loss")
+    if held_out:
+        ax.plot(*zip(*held_out, strict=True), "o-", label="held-out loss")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out

@@ -1,0 +1,155 @@
+"""Render conversations with the chat template and decide which tokens carry loss.
+
+Each trained assistant turn is found by rendering the conversation up to that turn
+with the generation prompt (the prefix the server will also produce) and up to the
+end of the turn; the characters in between (the answer and its end-of-turn token)
+carry loss. Working on characters, then mapping to tokens through the tokenizer's
+offsets, makes this independent of how tokens merge at the boundaries. Labels are
+built here, not from the pad token, so the end-of-turn token is trained even when
+pad == eos.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Any
+
+from tuneship.errors import DataError
+from tuneship.train.data import Dataset, raise_or_skip
+
+IGNORE = -100
+LOSS_ON = ("assistant", "all")
+
+
+@dataclass
+class Rendered:
+    where: str
+    input_ids: list[int]
+    labels: list[int]
+
+
+@dataclass
+class TokenStats:
+    examples: int
+    min: int
+    mean: float
+    p50: int
+    p90: int
+    max: int
+    too_long: int
+    tokens: int
+    trained_tokens: int
+
+    def lines(self, max_length: int) -> list[str]:
+        return [
+            f"examples: {self.examples}",
+            f"tokens per example: min {self.min}, mean {self.mean:.1f}, p50 {self.p50}, "
+            f"p90 {self.p90}, max {self.max}",
+            f"longer than max_length {max_length}: {self.too_long}",
+            f"tokens: {self.tokens}, of which trained (carry loss): {self.trained_tokens} "
+            f"({self.trained_tokens / max(1, self.tokens):.1%})",
+        ]
+
+
+def _template(
+    messages: list[dict], tokenizer: Any, chat_template: str | None, generation_prompt: bool
+) -> str:
+    plain = [{"role": m["role"], "content": m["content"]} for m in messages]
+    return tokenizer.apply_chat_template(
+        plain, tokenize=False, add_generation_prompt=generation_prompt, chat_template=chat_template
+    )
+
+
+def trained_spans(
+    messages: list[dict], tokenizer: Any, chat_template: str | None
+) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered text and the character spans of the trained assistant turns."""
+    text = _template(messages, tokenizer, chat_template, generation_prompt=False)
+    spans = []
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant" or not message.get("weight", 1):
+            continue
+        start = _template(messages[:i], tokenizer, chat_template, generation_prompt=True)
+        end = _template(messages[: i + 1], tokenizer, chat_template, generation_prompt=False)
+        if not text.startswith(start) or not text.startswith(end) or len(end) <= len(start):
+            raise DataError(
+                "the chat template does not render conversations incrementally, so the assistant turns "
+                "cannot be located; train with --loss-on all or supply a template with --chat-template"
+            )
+        spans.append((len(start), len(end)))
+    return text, spans
+
+
+def render(
+    messages: list[dict], tokenizer: Any, chat_template: str | None = None, loss_on: str = "assistant"
+) -> tuple[list[int], list[int], str]:
+    """Token ids and labels (IGNORE where no loss) for one conversation."""
+    text, spans = trained_spans(messages, tokenizer, chat_template)
+    encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+    ids = list(encoded["input_ids"])
+    if loss_on == "all":
+        return ids, list(ids), text
+    labels = [IGNORE] * len(ids)
+    for k, (start, end) in enumerate(encoded["offset_mapping"]):
+        # A token that straddles the start of an answer (e.g. " a" after a template ending in a
+        # space) is part of what the model must produce, so overlap is enough.
+        if end > start and any(start < e and end > s for s, e in spans):
+            labels[k] = ids[k]
+    return ids, labels, text
+
+
+def render_dataset(
+    data: Dataset,
+    tokenizer: Any,
+    max_length: int,
+    chat_template: str | None = None,
+    loss_on: str = "assistant",
+    skip_invalid: bool = False,
+) -> tuple[list[Rendered], TokenStats]:
+    """Render every example; those longer than ``max_length`` are invalid rows too."""
+    if loss_on not in LOSS_ON:
+        raise DataError(f"loss_on must be one of {', '.join(LOSS_ON)}")
+    rendered, problems, lengths = [], [], []
+    trained = 0
+    for example in data.examples:
+        ids, labels, _ = render(example.messages, tokenizer, chat_template, loss_on)
+        lengths.append(len(ids))
+        if len(ids) > max_length:
+            problems.append(f"{example.where}: {len(ids)} tokens, longer than max_length {max_length}")
+            continue
+        trained += sum(label != IGNORE for label in labels)
+        rendered.append(Rendered(example.where, ids, labels))
+    stats = token_stats(lengths, max_length, trained)
+    raise_or_skip(data.path, problems, skip_invalid)
+    data.problems.extend(problems)
+    if not rendered:
+        raise DataError(f"{data.path}: no example fits in max_length {max_length}")
+    return rendered, stats
+
+
+def token_stats(lengths: list[int], max_length: int, trained: int) -> TokenStats:
+    ordered = sorted(lengths)
+    return TokenStats(
+        examples=len(ordered),
+        min=ordered[0],
+        mean=statistics.fmean(ordered),
+        p50=ordered[len(ordered) // 2],
+        p90=ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))],
+        max=ordered[-1],
+        too_long=sum(n > max_length for n in ordered),
+        tokens=sum(ordered),
+        trained_tokens=trained,
+    )
+
+
+def show_loss_tokens(ids: list[int], labels: list[int], tokenizer: Any) -> list[tuple[str, bool]]:
+    """Decoded pieces of one example, each marked True when it carries loss."""
+    pieces: list[tuple[str, bool]] = []
+    for token, label in zip(ids, labels, strict=True):
+        piece, trained = tokenizer.decode([token]), label != IGNORE
+        if pieces and pieces[-1][1] == trained:
+            pieces[-1] = (pieces[-1][0] + piece, trained)
+        else:
+            pieces.append((piece, trained))
+    return pieces
