@@ -20,15 +20,12 @@ from typing import Any
 
 import httpx
 
+from tuneship.config import opt
 from tuneship.errors import ServerError, TuneshipError
 from tuneship.export.check import check_adapter, fitting_max_lora_rank
 from tuneship.models import BaseModel, resolve_base
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
-
-
-def opt(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
 
 
 @dataclass

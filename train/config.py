@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+
+from tuneship.config import opt
+from tuneship.train.data import FORMATS
 
 METHODS = ("lora", "dora", "qlora", "full", "prompt-tuning")
-
-
-def opt(default: Any, help: str) -> Any:
-    return field(default=default, metadata={"help": help})
 
 
 @dataclass
@@ -54,8 +52,8 @@ class TrainConfig:
         problems = []
         if not self.data:
             problems.append("data: a training file is required (--data)")
-        if self.format and self.format not in ("messages", "prompt-completion", "alpaca", "sharegpt"):
-            problems.append("format: one of messages, prompt-completion, alpaca, sharegpt")
+        if self.format and self.format not in FORMATS:
+            problems.append(f"format: one of {', '.join(FORMATS)}")
         if self.method not in METHODS:
             problems.append(f"method: one of {', '.join(METHODS)}")
         if self.loss_on not in ("assistant", "all"):

@@ -45,6 +45,13 @@ def _serve_help(name: str) -> str:
     return field_help(ServeConfig, name)
 
 
+def format_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """``--format``: the data format, when detection should be overridden."""
+    from tuneship.train.data import FORMATS
+
+    return click.option("--format", "format", type=click.Choice(FORMATS), help=_train_help("format"))(fn)
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="tuneship")
 def cli() -> None:
@@ -71,12 +78,7 @@ def cli() -> None:
 @click.option("--name", help=_train_help("name"))
 @click.option("--runs-dir", help=_train_help("runs_dir"))
 @click.option("--base", help=_train_help("base"))
-@click.option(
-    "--format",
-    "format",
-    type=click.Choice(["messages", "prompt-completion", "alpaca", "sharegpt"]),
-    help=_train_help("format"),
-)
+@format_option
 @click.option(
     "--method",
     type=click.Choice(["lora", "dora", "qlora", "full", "prompt-tuning"]),
@@ -133,12 +135,7 @@ def data() -> None:
 
 @data.command(name="check")
 @click.argument("path", type=click.Path(exists=True))
-@click.option(
-    "--format",
-    "format",
-    type=click.Choice(["messages", "prompt-completion", "alpaca", "sharegpt"]),
-    help=_train_help("format"),
-)
+@format_option
 @click.option(
     "--base", default="default", show_default=True, help="model whose tokenizer and template to use"
 )

@@ -13,6 +13,11 @@ from tuneship.errors import TuneshipError
 T = TypeVar("T")
 
 
+def opt(default: Any, help: str) -> Any:
+    """A dataclass field with a default and its one-line description (shown by --help)."""
+    return dataclasses.field(default=default, metadata={"help": help})
+
+
 def field_help(cls: type, name: str) -> str:
     """The one-line description of a config field (its ``help`` metadata)."""
     for f in dataclasses.fields(cls):
