@@ -54,6 +54,12 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
+def say(message: str) -> None:
+    """Print once per job, not once per data-parallel process."""
+    if is_main_process():
+        print(message, flush=True)
+
+
 def use_bf16(precision: str) -> bool:
     import torch
 
@@ -148,7 +154,7 @@ def load_model(config: TrainConfig, base: BaseModel, bf16: bool) -> tuple[Any, A
     if config.method == "prompt-tuning":
         return model, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=config.num_virtual_tokens)
     if config.method == "dora":
-        print("WARNING: vLLM cannot serve DoRA adapters; export a merged model to serve this run.")
+        say("WARNING: vLLM cannot serve DoRA adapters; export a merged model to serve this run.")
     targets: str | list[str] = config.target_modules
     if targets != "all-linear":
         targets = [t.strip() for t in config.target_modules.split(",") if t.strip()]
@@ -209,6 +215,7 @@ def build_trainer(
         bf16=bf16 and config.method in ("full", "qlora"),  # autocast; adapters on a bf16 base need none
         use_cpu=not torch.cuda.is_available(),
         ddp_backend="gloo" if distributed and not torch.cuda.is_available() else None,
+        ddp_find_unused_parameters=False,  # every adapter parameter takes part in each step
         report_to=_reporters(),
         disable_tqdm=False,
     )
@@ -278,7 +285,7 @@ def padding_fraction(trainer: Any, packing: bool) -> float:
 def train_model(config: TrainConfig, force: bool = False, resume: bool = False) -> RunResult:
     """Check the data, train, and write the run directory; returns where it went."""
     data = load_dataset(config.data, config.format or None, config.skip_invalid)
-    print(f"Data: {data.path} (format: {data.format}, {len(data.examples)} examples)")
+    say(f"Data: {data.path} (format: {data.format}, {len(data.examples)} examples)")
     run_dir, _ = prepare_run_dir(config, force, resume)
     base = resolve_base(config.base)
     tokenizer, template = load_tokenizer(base, config.chat_template)
@@ -286,8 +293,8 @@ def train_model(config: TrainConfig, force: bool = False, resume: bool = False) 
         data, tokenizer, config.max_length, template, config.loss_on, config.skip_invalid
     )
     train_rows, eval_rows = held_out(config, rows, tokenizer, template)
-    print(f"Base: {base.name} ({base.path}); method: {config.method}")
-    print(
+    say(f"Base: {base.name} ({base.path}); method: {config.method}")
+    say(
         f"Tokens: {stats.tokens} in {stats.examples} examples, {stats.trained_tokens} carry loss; "
         f"{len(train_rows)} train / {len(eval_rows)} held-out rows"
     )
@@ -295,14 +302,14 @@ def train_model(config: TrainConfig, force: bool = False, resume: bool = False) 
     model, peft_config = load_model(config, base, bf16)
     trainer = build_trainer(config, run_dir, model, peft_config, tokenizer, train_rows, eval_rows, bf16)
     padding = padding_fraction(trainer, trainer.args.packing)
-    print(
+    say(
         f"Batches: {'packed (padding-free)' if trainer.args.packing else 'padded'}, "
         f"padding {padding:.1%}, precision {'bf16' if bf16 else 'fp32'}"
     )
     started = time.time()
     checkpoint = latest_checkpoint(run_dir) if resume else None
     if checkpoint:
-        print(f"Resuming from {checkpoint}")
+        say(f"Resuming from {checkpoint}")
     output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     tokens = [e["num_tokens"] for e in trainer.state.log_history if "num_tokens" in e]
     evals = [e["eval_loss"] for e in trainer.state.log_history if "eval_loss" in e]
@@ -333,13 +340,18 @@ def train_model(config: TrainConfig, force: bool = False, resume: bool = False) 
         "versions": library_versions(),
     }
     output_dir = run_dir / (MODEL_DIR if config.method == "full" else ADAPTER_DIR)
+    # Every process takes part in gathering the weights (FSDP shards them); one writes them.
+    state_dict = trainer.accelerator.get_state_dict(trainer.model)
     if trainer.is_world_process_zero():
-        save_run(trainer, tokenizer, template, config, run_dir, output_dir, lineage, summary)
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        save_run(model, state_dict, tokenizer, template, config, run_dir, output_dir, lineage, summary)
+    trainer.accelerator.wait_for_everyone()  # no process reports success before the adapter exists
     return RunResult(run_dir, output_dir, summary)
 
 
 def save_run(
-    trainer: Any,
+    model: Any,
+    state_dict: dict,
     tokenizer: Any,
     template: str,
     config: TrainConfig,
@@ -350,7 +362,7 @@ def save_run(
 ) -> None:
     """Write the adapter (or model) atomically, then the run record and the loss plot."""
     with atomic_dir(output_dir, force=True) as tmp:
-        trainer.model.save_pretrained(tmp)
+        model.save_pretrained(tmp, state_dict=state_dict)
         if config.method == "full":
             tokenizer.save_pretrained(tmp)
         write_json(tmp / LINEAGE, lineage)

@@ -117,10 +117,12 @@ def train(config_file: str | None, resume: bool, force: bool, **overrides: Any) 
     """
     from tuneship.config import load_config
     from tuneship.train.config import TrainConfig
-    from tuneship.train.train import train_model
+    from tuneship.train.train import is_main_process, train_model
 
     config = load_config(TrainConfig, config_file, **overrides)
     result = train_model(config, force=force, resume=resume)
+    if not is_main_process():
+        return  # under torchrun / accelerate launch, one process reports
     s = result.summary
     held_out = f", held-out loss {s['eval_loss']}" if s["eval_loss"] is not None else ""
     click.echo(f"Trained {s['steps']} steps, train loss {s['train_loss']}{held_out}")

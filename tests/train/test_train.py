@@ -7,7 +7,7 @@ import time
 
 import pytest
 import torch
-from helpers import write_rows
+from helpers import free_port, write_rows
 from safetensors.torch import load_file
 
 from tuneship.artifacts import read_json, read_yaml, sha256_file
@@ -190,3 +190,22 @@ def test_resume_after_sigkill_finishes_with_the_right_step_count(tiny_base, smal
     assert "Resuming from" in resumed.stdout
     assert read_yaml(tmp_path / "k" / "run.yaml")["result"]["steps"] == 60
     assert check_adapter(tmp_path / "k" / "adapter").ok
+
+
+def test_two_process_data_parallel_run_gives_a_valid_adapter(tiny_base, small_data, tmp_path):
+    """torchrun with 2 CPU processes (gloo): one report, one adapter, the right step count."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
+    command += ["--master_port", str(free_port()), "-m", "tuneship.cli", "train"]
+    command += ["--data", str(small_data), "--base", str(tiny_base), "--runs-dir", str(tmp_path)]
+    command += ["--name", "ddp", "--max-steps", "3", "--batch-size", "2", "--precision", "fp32"]
+    command += ["--max-length", "160", "--eval-fraction", "0"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("Trained 3 steps") == 1, done.stdout
+    record = read_yaml(tmp_path / "ddp" / "run.yaml")
+    assert record["result"]["steps"] == 3
+    assert check_adapter(tmp_path / "ddp" / "adapter").ok
+    weights = load_file(str(tmp_path / "ddp" / "adapter" / "adapter_model.safetensors"))
+    assert weights and all("lora_" in key for key in weights)
+    assert any(float(w.abs().sum()) > 0 for key, w in weights.items() if "lora_B" in key)
