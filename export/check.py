@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tuneship.artifacts import ADAPTER_CONFIG, LINEAGE, read_json
+from tuneship.artifacts import ADAPTER_CONFIG, ADAPTER_DIR, LINEAGE, MODEL_DIR, RUN_CONFIG, read_json
+from tuneship.errors import ArtifactError
 
 # The values vLLM accepts for --max-lora-rank (vllm/config/lora.py).
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
@@ -20,12 +21,39 @@ WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
 class AdapterReport:
     path: Path
     rank: int | None = None
+    alpha: float | None = None
+    target_modules: list[str] = field(default_factory=list)
+    size_bytes: int = 0
+    base_name: str | None = None
     base_sha256: str | None = None
     problems: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not self.problems
+
+    @property
+    def recommendation(self) -> str:
+        if self.ok:
+            return (
+                f"serve it as a LoRA adapter (vLLM --max-lora-rank {fitting_max_lora_rank(self.rank or 1)}); "
+                "if it is the only one you serve, a merged export is faster"
+            )
+        return "serve it as a merged model (tuneship export RUN --out DIR), or retrain as plain LoRA"
+
+    def render(self) -> str:
+        lines = [f"Adapter: {self.path}"]
+        if self.rank is not None:
+            targets = ", ".join(self.target_modules) or "?"
+            lines.append(f"  rank {self.rank}, alpha {self.alpha}, target modules: {targets}")
+        lines.append(f"  weights: {self.size_bytes / 1e6:.1f} MB")
+        if self.base_name or self.base_sha256:
+            lines.append(f"  trained on: {self.base_name} (weights sha256 {(self.base_sha256 or '?')[:12]})")
+        verdict = "vLLM can serve it" if self.ok else "vLLM cannot serve it as LoRA:"
+        lines.append(f"  {verdict}")
+        lines += [f"    - {p}" for p in self.problems]
+        lines.append(f"  Recommendation: {self.recommendation}")
+        return "\n".join(lines)
 
 
 def fitting_max_lora_rank(rank: int) -> int:
@@ -34,6 +62,23 @@ def fitting_max_lora_rank(rank: int) -> int:
         if allowed >= rank:
             return allowed
     raise ValueError(f"LoRA rank {rank} is above vLLM's largest max_lora_rank {VLLM_LORA_RANKS[-1]}")
+
+
+def locate_adapter(path: Path | str) -> Path:
+    """Accept a run directory (with adapter/) or an adapter directory."""
+    path = Path(path)
+    if (path / ADAPTER_DIR / ADAPTER_CONFIG).is_file():
+        return path / ADAPTER_DIR
+    if (path / ADAPTER_CONFIG).is_file():
+        return path
+    if (path / MODEL_DIR / "config.json").is_file():
+        raise ArtifactError(
+            f"{path} is a full fine-tuning run: {path / MODEL_DIR} is already a complete model; "
+            "serve it directly (tuneship serve --merged)"
+        )
+    if (path / RUN_CONFIG).is_file():
+        raise ArtifactError(f"{path}: the run has no finished adapter (was training interrupted?)")
+    raise ArtifactError(f"{path}: neither a run directory nor a PEFT adapter (no {ADAPTER_CONFIG})")
 
 
 def check_adapter(path: Path | str, base_sha256: str | None = None) -> AdapterReport:
@@ -47,37 +92,56 @@ def check_adapter(path: Path | str, base_sha256: str | None = None) -> AdapterRe
     if config.get("peft_type") != "LORA":
         report.problems.append(f"peft_type is {config.get('peft_type')!r}; vLLM serves only LORA adapters")
     rank = config.get("r")
-    report.rank = rank if isinstance(rank, int) else None
+    report.alpha = config.get("lora_alpha")
+    targets = config.get("target_modules") or []
+    # PEFT records all-linear as every module path; the layer kinds are what a reader needs.
+    kinds = [targets] if isinstance(targets, str) else {t.split(".")[-1] for t in targets}
+    report.target_modules = sorted(kinds)
+    ranks = [rank, *(config.get("rank_pattern") or {}).values()]
+    report.rank = max(ranks) if all(isinstance(r, int) and r > 0 for r in ranks) else None
     if report.rank is None:
-        report.problems.append("adapter_config.json has no integer rank 'r'")
+        report.problems.append("adapter_config.json has no positive integer rank 'r'")
     elif report.rank > VLLM_LORA_RANKS[-1]:
         report.problems.append(
-            f"rank {rank} is above vLLM's largest max_lora_rank {VLLM_LORA_RANKS[-1]}; merge it"
+            f"rank {report.rank} is above vLLM's largest max_lora_rank {VLLM_LORA_RANKS[-1]}"
         )
-    if config.get("use_dora"):
-        report.problems.append(
-            "DoRA adapters cannot be served by vLLM as LoRA; export a merged model instead"
-        )
-    if config.get("modules_to_save"):
-        report.problems.append(
-            f"modules_to_save {config['modules_to_save']} (trained full layers) "
-            "cannot be served as LoRA; merge it"
-        )
+    report.problems += _unsupported_features(config)
     weights = [path / name for name in WEIGHT_FILES if (path / name).is_file()]
     if not weights:
         report.problems.append(f"no adapter weights ({' or '.join(WEIGHT_FILES)}) in {path}")
-    elif weights[0].suffix == ".safetensors":
+    else:
+        report.size_bytes = weights[0].stat().st_size
+    if weights and weights[0].suffix == ".safetensors":
         problem = _safetensors_problem(weights[0])
         if problem:
             report.problems.append(problem)
     if (path / LINEAGE).is_file():
-        report.base_sha256 = read_json(path / LINEAGE).get("base_model", {}).get("weights_sha256")
+        lineage = read_json(path / LINEAGE).get("base_model", {})
+        report.base_name, report.base_sha256 = lineage.get("name"), lineage.get("weights_sha256")
         if base_sha256 and report.base_sha256 and report.base_sha256 != base_sha256:
             report.problems.append(
                 f"trained on a different base model (weights sha256 {report.base_sha256[:12]}, "
                 f"served base {base_sha256[:12]})"
             )
     return report
+
+
+def _unsupported_features(config: dict) -> list[str]:
+    """What vLLM's PEFTHelper would reject (vllm/lora/peft_helper.py), in our words."""
+    problems = []
+    if config.get("use_dora"):
+        problems.append("DoRA: vLLM does not serve DoRA adapters")
+    saved = [m for m in config.get("modules_to_save") or [] if m not in ("classifier", "score")]
+    if saved:
+        problems.append(f"modules_to_save {saved}: fully trained layers (e.g. resized embeddings)")
+    if config.get("lora_bias") or config.get("bias", "none") != "none":
+        problems.append("trained biases: vLLM serves LoRA without bias terms")
+    init = config.get("init_lora_weights", True)
+    if isinstance(init, str) and init.lower() not in ("gaussian", "eva", "orthogonal", "mica", "lora_ga"):
+        problems.append(f"init_lora_weights={init!r} changes the base weights, which vLLM does not")
+    if config.get("layer_replication"):
+        problems.append("layer_replication is not supported by vLLM")
+    return problems
 
 
 def _safetensors_problem(path: Path) -> str | None:

@@ -3,9 +3,11 @@
     tuneship export runs/tickets --out exports/tickets
 
 locate adapter and base (from lineage) -> load base in fp32 -> merge -> save into a
-temporary directory -> reload and compare with base + adapter (PEFT) -> write
+temporary directory (weights, tokenizer with the run's chat template, generation
+config, model card) -> reload and compare with base + adapter (PEFT) -> write
 parity.json and manifest.json -> rename into place. Nothing is left at --out if any
-step fails.
+step fails. An adapter trained with QLoRA is merged into the full-precision base, never
+into 4-bit weights.
 """
 
 from __future__ import annotations
@@ -16,18 +18,20 @@ from typing import Any
 
 from tuneship.artifacts import (
     ADAPTER_CONFIG,
-    ADAPTER_DIR,
+    CHAT_TEMPLATE,
     LINEAGE,
-    MANIFEST,
     PARITY,
     RUN_CONFIG,
     atomic_dir,
-    library_versions,
     read_json,
+    read_yaml,
     sha256_file,
     write_json,
 )
 from tuneship.errors import ArtifactError
+from tuneship.export.card import model_card
+from tuneship.export.check import locate_adapter
+from tuneship.export.manifest import write_manifest
 from tuneship.models import BaseModel, resolve_base
 
 DTYPES = ("bf16", "fp16", "fp32")
@@ -57,15 +61,20 @@ class ExportResult:
 
 
 def find_adapter(path: Path | str) -> Path:
-    """Accept a run directory (with adapter/) or an adapter directory."""
-    path = Path(path)
-    if (path / ADAPTER_DIR / ADAPTER_CONFIG).is_file():
-        return path / ADAPTER_DIR
-    if (path / ADAPTER_CONFIG).is_file():
-        return path
-    if (path / RUN_CONFIG).is_file():
-        raise ArtifactError(f"{path}: the run has no finished adapter (was training interrupted?)")
-    raise ArtifactError(f"{path}: neither a run directory nor a PEFT adapter (no {ADAPTER_CONFIG})")
+    """The LoRA adapter in a run directory (adapter/) or an adapter directory, ready to merge."""
+    adapter = locate_adapter(path)
+    peft_type = read_json(adapter / ADAPTER_CONFIG).get("peft_type")
+    if peft_type not in (None, "LORA"):
+        raise ArtifactError(f"{adapter}: a {peft_type} adapter has no weights to merge (only LoRA/DoRA)")
+    return adapter
+
+
+def run_record(adapter: Path) -> tuple[dict | None, str | None]:
+    """The run that produced the adapter (run.yaml) and the chat template it trained with, if known."""
+    run_dir = adapter.parent
+    record = read_yaml(run_dir / RUN_CONFIG) if (run_dir / RUN_CONFIG).is_file() else None
+    template = (run_dir / CHAT_TEMPLATE).read_text() if (run_dir / CHAT_TEMPLATE).is_file() else None
+    return record, template
 
 
 def adapter_base(adapter: Path, base_spec: str | None) -> BaseModel:
@@ -152,11 +161,20 @@ def export_merged(
         raise ArtifactError(f"{out} already exists; pass --force to replace it")
     adapter = find_adapter(source)
     base = adapter_base(adapter, base_spec)
+    adapter_lineage = read_json(adapter / LINEAGE) if (adapter / LINEAGE).is_file() else {}
+    run, template = run_record(adapter)
     print(f"Merging {adapter} into {base.name} (fp32 weights), saving as {dtype}")
+    if adapter_lineage.get("method") == "qlora":
+        print(
+            "The adapter was trained with QLoRA on a 4-bit base; it is merged into the base's "
+            "full-precision weights (not into 4-bit weights, which would shift the outputs)."
+        )
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     tokenizer = AutoTokenizer.from_pretrained(base.path)
+    if template:
+        tokenizer.chat_template = template  # the template the examples were trained with
     peft_model = _load_peft(base, adapter)
     peft_model.eval()
     reference = last_logits(peft_model, tokenizer, PARITY_PROMPTS)
@@ -184,7 +202,6 @@ def export_merged(
         if not parity["passed"]:
             raise ArtifactError(f"merged model does not match base + adapter: {parity}")
         write_json(tmp / PARITY, parity)
-        adapter_lineage = read_json(adapter / LINEAGE) if (adapter / LINEAGE).is_file() else {}
         lineage = {
             **adapter_lineage,
             "kind": "merged-model",
@@ -193,8 +210,8 @@ def export_merged(
             "dtype": dtype,
         }
         write_json(tmp / LINEAGE, lineage)
-        files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
-        write_json(tmp / MANIFEST, {"files": files, "lineage": lineage, "versions": library_versions()})
+        (tmp / "README.md").write_text(model_card(out.name, lineage, run, parity))
+        write_manifest(tmp, lineage)
     return ExportResult(out, parity, base)
 
 

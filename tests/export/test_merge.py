@@ -1,11 +1,21 @@
 import json
+import shutil
+import subprocess
+import sys
 
 import pytest
+from helpers import write_rows
 
 from tuneship.artifacts import read_json, sha256_file
 from tuneship.errors import ArtifactError
+from tuneship.export.adapter import export_adapter
 from tuneship.export.check import check_adapter, fitting_max_lora_rank
+from tuneship.export.manifest import verify_export
 from tuneship.export.merge import export_merged
+
+
+def _tuneship(*args):
+    return subprocess.run([sys.executable, "-m", "tuneship.cli", *args], capture_output=True, text=True)
 
 
 @pytest.fixture(scope="module")
@@ -45,6 +55,81 @@ def test_export_writes_manifest_tokenizer_and_generation_config(merged):
     assert manifest["lineage"]["kind"] == "merged-model"
 
 
+def test_export_carries_the_training_template_and_a_model_card(merged, tiny_run):
+    trained_with = (tiny_run.run_dir / "chat_template.jinja").read_text()
+    assert (merged.out / "chat_template.jinja").read_text() == trained_with
+    card = (merged.out / "README.md").read_text()
+    assert "tiny-llama" in card and "Parity with base + adapter" in card and "| Method | lora |" in card
+    assert str(read_json(tiny_run.adapter_dir / "tuneship.json")["data"]["sha256"])[:16] in card
+
+
+def test_verify_names_a_file_with_one_flipped_byte(merged, tmp_path):
+    copy = tmp_path / "copy"
+    shutil.copytree(merged.out, copy)
+    assert verify_export(copy).ok
+    weights = copy / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    weights.write_bytes(bytes(data))
+    result = verify_export(copy, load=False)
+    assert result.changed == ["model.safetensors"] and not result.missing
+    cli = _tuneship("export", "verify", str(copy))
+    assert cli.returncode == 1 and "changed: model.safetensors" in cli.stderr
+    assert "Traceback" not in cli.stderr
+
+
+def test_qlora_adapter_merges_into_full_precision_weights(tiny_base, ticket_rows, tmp_path, capsys):
+    from tuneship.config import load_config
+    from tuneship.train.config import TrainConfig
+    from tuneship.train.train import train_model
+
+    data = write_rows(tmp_path / "train.jsonl", ticket_rows[:16])
+    config = load_config(
+        TrainConfig,
+        data=str(data),
+        base=str(tiny_base),
+        runs_dir=str(tmp_path / "runs"),
+        name="q",
+        method="qlora",
+        max_steps=2,
+        batch_size=4,
+        learning_rate=5e-3,
+        max_length=160,
+    )
+    run = train_model(config)
+    result = export_merged(run.run_dir, tmp_path / "merged", dtype="fp32")
+    assert "merged into the base's full-precision weights" in capsys.readouterr().out
+    saved = json.loads((result.out / "config.json").read_text())
+    assert "quantization_config" not in saved and saved["dtype"] == "float32"
+    assert result.parity["passed"]
+
+
+def test_adapter_only_export_is_a_clean_peft_directory(tiny_run, tmp_path):
+    out = tmp_path / "lora"
+    report = export_adapter(tiny_run.run_dir, out)
+    assert report.ok and sorted(p.name for p in out.iterdir()) == [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]
+    assert sha256_file(out / "adapter_model.safetensors") == sha256_file(
+        tiny_run.adapter_dir / "adapter_model.safetensors"
+    )
+    with pytest.raises(ArtifactError, match="already exists"):
+        export_adapter(tiny_run.run_dir, out)
+
+
+def test_adapters_check_explains_and_recommends(tiny_run, tmp_path):
+    good = _tuneship("adapters", "check", str(tiny_run.run_dir))
+    assert good.returncode == 0 and "vLLM can serve it" in good.stdout and "--max-lora-rank 8" in good.stdout
+    dora = tmp_path / "dora"
+    shutil.copytree(tiny_run.adapter_dir, dora)
+    config = read_json(dora / "adapter_config.json")
+    (dora / "adapter_config.json").write_text(json.dumps({**config, "use_dora": True, "r": 600}))
+    bad = _tuneship("adapters", "check", str(dora))
+    assert bad.returncode == 1
+    assert "DoRA" in bad.stdout and "rank 600 is above" in bad.stdout and "merged model" in bad.stdout
+
+
 def test_existing_export_is_not_overwritten(merged, tiny_run):
     before = sha256_file(merged.out / "model.safetensors")
     with pytest.raises(ArtifactError, match="already exists"):
@@ -77,6 +162,9 @@ def test_adapter_check_names_the_problem(tiny_run, tmp_path):
     weights = bad / "adapter_model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     assert any("unreadable" in p for p in check_adapter(bad).problems)
+    with pytest.raises(ArtifactError, match="cannot load the adapter"):
+        export_merged(bad, tmp_path / "out")
+    assert not (tmp_path / "out").exists()
     (bad / "adapter_config.json").unlink()
     assert check_adapter(bad).problems == [f"no adapter_config.json in {bad}"]
     with pytest.raises(ArtifactError, match="neither a run directory nor a PEFT adapter"):

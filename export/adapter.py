@@ -1,0 +1,42 @@
+"""Adapter-only export: a clean PEFT directory (config + safetensors, nothing else).
+
+    tuneship export runs/tickets --adapter-only --out exports/tickets-adapter
+
+ready for ``vllm serve --lora-modules`` or for publishing. The adapter is checked first;
+an unreadable one is refused, and what vLLM would refuse is reported.
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from tuneship.artifacts import ADAPTER_CONFIG, atomic_dir
+from tuneship.errors import ArtifactError
+from tuneship.export.check import AdapterReport, check_adapter
+from tuneship.export.merge import find_adapter
+
+WEIGHTS = "adapter_model.safetensors"
+
+
+def export_adapter(source: Path | str, out: Path | str, force: bool = False) -> AdapterReport:
+    """Copy the adapter's config and weights (as safetensors) to ``out``; returns the check report."""
+    out = Path(out)
+    if out.exists() and not force:
+        raise ArtifactError(f"{out} already exists; pass --force to replace it")
+    adapter = find_adapter(source)
+    report = check_adapter(adapter)
+    broken = [p for p in report.problems if "unreadable" in p or "no adapter weights" in p or "holds no" in p]
+    if broken:
+        raise ArtifactError(f"{adapter}: {'; '.join(broken)}")
+    with atomic_dir(out, force=force) as tmp:
+        shutil.copyfile(adapter / ADAPTER_CONFIG, tmp / ADAPTER_CONFIG)
+        if (adapter / WEIGHTS).is_file():
+            shutil.copyfile(adapter / WEIGHTS, tmp / WEIGHTS)
+        else:  # an older PEFT pickle: convert, so nothing unsafe is published
+            import torch
+            from safetensors.torch import save_file
+
+            state = torch.load(adapter / "adapter_model.bin", map_location="cpu", weights_only=True)
+            save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / WEIGHTS))
+    return report
