@@ -1,14 +1,18 @@
 """Launch vLLM's OpenAI-compatible server for a base model plus LoRA adapters.
 
     tuneship serve --adapter tickets=runs/tickets/adapter
+    tuneship serve --registry registry --api-key KEY     # every registry adapter; hot loading on
+    tuneship serve --merged exports/tickets              # a merged export, no adapters
 
 check every adapter (export's adapter check) -> derive vLLM flags -> start
 ``python -m vllm.entrypoints.openai.api_server`` in its own process group -> wait
 until ``/v1/models`` answers -> serve until Ctrl-C/SIGTERM -> stop the whole group.
+Hot loading (registry + API key) goes through :mod:`tuneship.serve.guard`.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -20,12 +24,20 @@ from typing import Any
 
 import httpx
 
+from tuneship.artifacts import MANIFEST
 from tuneship.config import opt
 from tuneship.errors import ServerError, TuneshipError
-from tuneship.export.check import check_adapter, fitting_max_lora_rank
+from tuneship.export.check import VLLM_LORA_RANKS, check_adapter, fitting_max_lora_rank
 from tuneship.models import BaseModel, resolve_base
+from tuneship.serve.guard import BASE_SHA_ENV, LIVE_ENV, MAX_RANK_ENV, REGISTRY_ENV
+from tuneship.serve.registry import Registry, adapter_hash
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+# Measured with bench/serve_throughput.py (see the README); the serve command repeats it.
+MERGED_SPEEDUP = (
+    "(tuneship export RUN --out DIR; tuneship serve --merged DIR: "
+    "measured TODO on 2 CPU threads, bench/serve_throughput.py)"
+)
 
 
 @dataclass
@@ -33,8 +45,11 @@ class ServeConfig:
     """Settings of one vLLM server."""
 
     base: str = opt("default", "base model: 'default', a model or export directory, or a hub id")
+    merged: str = opt("", "serve this merged export (tuneship export) instead of base + adapters")
     served_name: str = opt("", "name the base model is served under (default: the model's name)")
     adapters: dict[str, str] = field(default_factory=dict, metadata={"help": "LoRA adapters, name -> path"})
+    registry: str = opt("", "adapter registry directory: serve all of it; with an API key, hot-load from it")
+    max_lora_rank: int = opt(0, "largest adapter rank the server accepts (0: the smallest that fits)")
     host: str = opt("127.0.0.1", "interface to bind; anything beyond loopback needs an API key")
     port: int = opt(8000, "port to listen on")
     api_key: str = opt("", "API key clients must send (required when binding beyond loopback)")
@@ -54,7 +69,16 @@ class ServeConfig:
         for name in self.adapters:
             if not name or "/" in name or name.startswith("."):
                 problems.append(f"adapter name {name!r}: use letters, digits, '-', '_' and '.'")
+        if self.merged and (self.adapters or self.registry):
+            problems.append("--merged serves one merged model; it takes no adapters or registry")
+        if self.max_lora_rank and self.max_lora_rank not in VLLM_LORA_RANKS:
+            problems.append(f"max_lora_rank: vLLM accepts one of {', '.join(map(str, VLLM_LORA_RANKS))}")
         return problems
+
+    @property
+    def hot_loading(self) -> bool:
+        """Runtime loading is on only with a registry to confine it and a key to guard it."""
+        return bool(self.registry and self.api_key)
 
 
 def has_cuda() -> bool:
@@ -66,8 +90,17 @@ def has_cuda() -> bool:
         return False
 
 
-def build_vllm_args(config: ServeConfig, base: BaseModel, ranks: dict[str, int], gpu: bool) -> list[str]:
-    """The command line that starts vLLM for this configuration."""
+def max_lora_rank(config: ServeConfig, ranks: dict[str, int]) -> int:
+    """The configured limit, else the smallest allowed value holding every adapter (16 if none)."""
+    if config.max_lora_rank:
+        return config.max_lora_rank
+    return fitting_max_lora_rank(max(ranks.values())) if ranks else 16
+
+
+def build_vllm_args(
+    config: ServeConfig, base: BaseModel, adapters: dict[str, str], ranks: dict[str, int], gpu: bool
+) -> list[str]:
+    """The command line that starts vLLM for this configuration (the API key goes in the environment)."""
     args = [
         sys.executable,
         "-m",
@@ -85,8 +118,6 @@ def build_vllm_args(config: ServeConfig, base: BaseModel, ranks: dict[str, int],
         "--generation-config",
         "auto",
     ]
-    if config.api_key:
-        args += ["--api-key", config.api_key]
     if gpu:
         args += [
             "--gpu-memory-utilization",
@@ -94,18 +125,18 @@ def build_vllm_args(config: ServeConfig, base: BaseModel, ranks: dict[str, int],
             "--tensor-parallel-size",
             str(config.tensor_parallel_size),
         ]
-    if config.adapters:
+    if adapters or config.hot_loading:
         args += [
             "--enable-lora",
             "--max-lora-rank",
-            str(fitting_max_lora_rank(max(ranks.values()))),
+            str(max_lora_rank(config, ranks)),
             "--max-loras",
-            str(config.max_loras or len(config.adapters)),
+            str(config.max_loras or max(1, len(adapters))),
         ]
-        args += [
-            "--lora-modules",
-            *(f"{name}={Path(path).resolve()}" for name, path in config.adapters.items()),
-        ]
+    if adapters:
+        args += ["--lora-modules", *(f"{name}={Path(path).resolve()}" for name, path in adapters.items())]
+    if config.hot_loading:
+        args += ["--middleware", "tuneship.serve.guard.RegistryGuard"]
     return args + list(config.extra_args)
 
 
@@ -114,10 +145,19 @@ class VLLMServer:
 
     def __init__(self, config: ServeConfig) -> None:
         self.config = config
-        self.base = resolve_base(config.base)
+        if config.merged and not (Path(config.merged) / MANIFEST).is_file():
+            raise TuneshipError(
+                f"{config.merged}: not a tuneship export (no {MANIFEST}); use --base for a model"
+            )
+        self.base = resolve_base(config.merged or config.base)
+        self.adapters = dict(config.adapters)
+        for entry in Registry(config.registry).entries() if config.registry else []:
+            if entry.name in self.adapters:
+                raise TuneshipError(f"adapter {entry.name!r} is given by --adapter and in the registry")
+            self.adapters[entry.name] = str(entry.path)
         self.ranks: dict[str, int] = {}
         problems = []
-        for name, path in config.adapters.items():
+        for name, path in self.adapters.items():
             report = check_adapter(path, base_sha256=self.base.weights_sha256)
             problems += [f"adapter {name} ({path}): {p}" for p in report.problems]
             if report.rank:
@@ -125,7 +165,7 @@ class VLLMServer:
         if problems:
             raise TuneshipError("refusing to serve:\n  " + "\n  ".join(problems))
         self.gpu = has_cuda()
-        self.args = build_vllm_args(config, self.base, self.ranks, self.gpu)
+        self.args = build_vllm_args(config, self.base, self.adapters, self.ranks, self.gpu)
         self.log_path = Path(config.log_file or f"logs/vllm-{config.port}.log")
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -136,10 +176,33 @@ class VLLMServer:
 
     @property
     def served_names(self) -> list[str]:
-        return [self.config.served_name or self.base.name, *self.config.adapters]
+        return [self.config.served_name or self.base.name, *self.adapters]
+
+    def notes(self) -> list[str]:
+        """What a user should know about this server beyond its names."""
+        notes = []
+        if self.config.hot_loading:
+            notes.append(f"Hot loading: on, from {self.config.registry} only (tuneship adapters load NAME)")
+        elif self.config.registry:
+            notes.append("Hot loading: off (it needs an API key: --api-key or TUNESHIP_API_KEY)")
+        if len(self.adapters) == 1:
+            notes.append(f"Serving one adapter: a merged export is faster. {MERGED_SPEEDUP}")
+        return notes
 
     def environment(self) -> dict[str, str]:
         env = dict(os.environ)
+        # vLLM's own runtime loading and filesystem resolver accept any path: never inherit them.
+        for unsafe in ("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "VLLM_LORA_RESOLVER_CACHE_DIR", "VLLM_API_KEY"):
+            env.pop(unsafe, None)
+        if self.config.api_key:
+            env["VLLM_API_KEY"] = self.config.api_key  # not on the command line, where ps shows it
+        if self.config.hot_loading:
+            env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
+            env[REGISTRY_ENV] = str(Path(self.config.registry).resolve())
+            env[BASE_SHA_ENV] = self.base.weights_sha256
+            env[MAX_RANK_ENV] = str(max_lora_rank(self.config, self.ranks))
+            live = {name: adapter_hash(Path(path)) for name, path in self.adapters.items()}
+            env[LIVE_ENV] = json.dumps(live)
         env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.config.kv_cache_gb))
         env.setdefault("HF_HUB_OFFLINE", "1")
         env.setdefault("VLLM_NO_USAGE_STATS", "1")

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers import TICKETS, free_port, write_rows
+from helpers import API_KEY, TICKETS, free_port, make_adapter, write_rows
 
 
 @pytest.fixture(scope="session")
@@ -93,15 +93,35 @@ def tiny_run(tiny_base: Path, ticket_rows: list[dict], tmp_path_factory: pytest.
 
 
 @pytest.fixture(scope="session")
-def live_server(tiny_base: Path, tiny_run, tmp_path_factory: pytest.TempPathFactory):
-    """One real vLLM server for the session: the tiny base plus the tiny adapter."""
+def tiny_export(tiny_run, tmp_path_factory: pytest.TempPathFactory):
+    """The tiny run merged into the tiny base (fp32: exact parity)."""
+    from tuneship.export.merge import export_merged
+
+    return export_merged(tiny_run.run_dir, tmp_path_factory.mktemp("exports") / "tiny-merged", dtype="fp32")
+
+
+@pytest.fixture(scope="session")
+def registry(tiny_base: Path, tiny_run, tmp_path_factory: pytest.TempPathFactory):
+    """The adapter registry the live server serves: the trained tiny adapter and a random one."""
+    from tuneship.serve.registry import Registry
+
+    registry = Registry(tmp_path_factory.mktemp("registry"))
+    registry.add("tiny-adapter", tiny_run.run_dir)
+    registry.add("tiny-alt", make_adapter(tiny_base, tmp_path_factory.mktemp("alt") / "a", seed=1))
+    return registry
+
+
+@pytest.fixture(scope="session")
+def live_server(tiny_base: Path, registry, tmp_path_factory: pytest.TempPathFactory):
+    """One real vLLM server for the session: the tiny base plus the registry's adapters, hot loading on."""
     from tuneship.serve.server import ServeConfig, VLLMServer
 
     logs = tmp_path_factory.mktemp("vllm-logs")
     config = ServeConfig(
         base=str(tiny_base),
         served_name="tiny-base",
-        adapters={"tiny-adapter": str(tiny_run.adapter_dir)},
+        registry=str(registry.root),
+        api_key=API_KEY,
         port=free_port(),
         kv_cache_gb=1,
         max_model_len=512,

@@ -273,6 +273,98 @@ def adapters_check(path: str, base: str | None) -> None:
         sys.exit(1)
 
 
+def registry_option(fn: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--registry",
+        envvar="TUNESHIP_REGISTRY",
+        default="registry",
+        show_default=True,
+        help="adapter registry directory [env: TUNESHIP_REGISTRY]",
+    )(fn)
+
+
+def server_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """--endpoint and --api-key of a running server."""
+    fn = click.option(
+        "--api-key", envvar="TUNESHIP_API_KEY", help="the server's API key [env: TUNESHIP_API_KEY]"
+    )(fn)
+    return click.option(
+        "--endpoint",
+        envvar="TUNESHIP_ENDPOINT",
+        default="http://127.0.0.1:8000/v1",
+        show_default=True,
+        help="OpenAI-compatible base URL [env: TUNESHIP_ENDPOINT]",
+    )(fn)
+
+
+@adapters.command(name="add")
+@click.argument("name")
+@click.argument("source", type=click.Path(exists=True, file_okay=False))
+@registry_option
+@click.option("--force", is_flag=True, help="replace an adapter of the same name")
+@friendly_errors
+def adapters_add(name: str, source: str, registry: str, force: bool) -> None:
+    """Copy the adapter of SOURCE (a run or adapter directory) into the registry as NAME."""
+    from tuneship.serve.registry import Registry
+
+    entry = Registry(registry).add(name, source, force=force)
+    click.echo(f"Registered {entry.name}: {entry.path} (sha256 {entry.sha256[:12]}, base {entry.base_name})")
+
+
+@adapters.command(name="list")
+@server_options
+@registry_option
+@friendly_errors
+def adapters_list(endpoint: str, api_key: str | None, registry: str) -> None:
+    """What the running server serves (name, parent, content hash), and what the registry holds."""
+    from tuneship.errors import ServerError
+    from tuneship.serve.control import list_live
+    from tuneship.serve.registry import Registry
+
+    live: dict[str, Any] = {}
+    try:
+        live = {m.name: m for m in list_live(endpoint, api_key)}
+        click.echo(f"Live at {endpoint}:")
+        for m in live.values():
+            kind = f"adapter of {m.parent}" if m.parent else "base model"
+            click.echo(f"  {m.name:24} {kind:32} sha256 {(m.sha256 or '?')[:12]}")
+    except ServerError as e:
+        click.echo(f"No server: {e}")
+    entries = Registry(registry).entries()
+    click.echo(f"Registry {registry}: {len(entries)} adapter(s)")
+    for e in entries:
+        state = "live" if e.name in live and live[e.name].sha256 == e.sha256 else "not loaded"
+        if e.name in live and live[e.name].sha256 not in (None, e.sha256):
+            state = "live with other content"
+        click.echo(f"  {e.name:24} sha256 {e.sha256[:12]}  base {e.base_name}  ({state})")
+
+
+@adapters.command(name="load")
+@click.argument("name")
+@server_options
+@registry_option
+@click.option("--replace", is_flag=True, help="swap out a live adapter of the same name with other content")
+@friendly_errors
+def adapters_load(name: str, endpoint: str, api_key: str | None, registry: str, replace: bool) -> None:
+    """Hot-load registry adapter NAME into the running server (needs its API key)."""
+    from tuneship.serve.control import load
+
+    live = load(endpoint, name, registry, api_key, replace=replace)
+    click.echo(f"Loaded {live.name} (parent {live.parent}, sha256 {(live.sha256 or '?')[:12]})")
+
+
+@adapters.command(name="unload")
+@click.argument("name")
+@server_options
+@friendly_errors
+def adapters_unload(name: str, endpoint: str, api_key: str | None) -> None:
+    """Unload adapter NAME from the running server (needs its API key)."""
+    from tuneship.serve.control import unload
+
+    unload(endpoint, name, api_key)
+    click.echo(f"Unloaded {name}")
+
+
 def _parse_adapters(values: tuple[str, ...]) -> dict[str, str]:
     adapters = {}
     for value in values:
@@ -285,10 +377,13 @@ def _parse_adapters(values: tuple[str, ...]) -> dict[str, str]:
 
 @cli.command()
 @click.option("--base", help=_serve_help("base"))
+@click.option("--merged", type=click.Path(exists=True, file_okay=False), help=_serve_help("merged"))
 @click.option("--served-name", help=_serve_help("served_name"))
 @click.option(
     "--adapter", "adapters", multiple=True, metavar="NAME=PATH", help="LoRA adapter to serve (repeatable)"
 )
+@click.option("--registry", type=click.Path(file_okay=False), help=_serve_help("registry"))
+@click.option("--max-lora-rank", type=int, help=_serve_help("max_lora_rank"))
 @click.option("--host", help=_serve_help("host"))
 @click.option("--port", type=int, help=_serve_help("port"))
 @click.option(
@@ -323,6 +418,8 @@ def serve(adapters: tuple[str, ...], extra_args: tuple[str, ...], **options: Any
         click.echo(f"Ready at {server.url}")
         for name in server.served_names:
             click.echo(f"  model: {name}")
+        for note in server.notes():
+            click.echo(note)
         click.echo("Press Ctrl-C to stop.")
         server.process.wait()  # type: ignore[union-attr]
         raise click.ClickException(f"vLLM exited with code {server.process.returncode}:\n{server.log_tail()}")  # type: ignore[union-attr]

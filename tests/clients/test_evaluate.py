@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from helpers import API_KEY
 
 from tuneship.clients.data import load_items
 from tuneship.clients.evaluate import EvalSettings, ab_compare, check_adapters, evaluate
@@ -20,6 +21,7 @@ def eval_file(tmp_path, ticket_rows):
 def test_ab_report_pairs_items_and_writes_markdown(live_server, eval_file, tmp_path):
     settings = EvalSettings(
         endpoint=live_server.url,
+        api_key=API_KEY,
         data=str(eval_file),
         out=str(tmp_path / "ab"),
         sampling=Sampling(max_tokens=16),
@@ -37,6 +39,7 @@ def test_ab_report_pairs_items_and_writes_markdown(live_server, eval_file, tmp_p
 def test_eval_resumes_without_redoing_finished_items(live_server, eval_file, tmp_path):
     settings = EvalSettings(
         endpoint=live_server.url,
+        api_key=API_KEY,
         data=str(eval_file),
         out=str(tmp_path / "ev"),
         sampling=Sampling(max_tokens=8),
@@ -52,7 +55,7 @@ def test_eval_resumes_without_redoing_finished_items(live_server, eval_file, tmp
 
 
 def test_unknown_model_and_wrong_parent_are_refused(live_server, eval_file, tmp_path):
-    settings = EvalSettings(endpoint=live_server.url, data=str(eval_file), out=str(tmp_path))
+    settings = EvalSettings(endpoint=live_server.url, api_key=API_KEY, data=str(eval_file), out=str(tmp_path))
     with pytest.raises(EvalError, match="not served"):
         evaluate(settings, "nope")
     with pytest.raises(EvalError, match="belongs to 'tiny-base', not to the base 'other'"):

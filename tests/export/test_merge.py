@@ -19,9 +19,8 @@ def _tuneship(*args):
 
 
 @pytest.fixture(scope="module")
-def merged(tiny_run, tmp_path_factory):
-    out = tmp_path_factory.mktemp("exports") / "tiny"
-    return export_merged(tiny_run.run_dir, out, dtype="fp32")
+def merged(tiny_export):
+    return tiny_export
 
 
 def test_merged_model_matches_base_plus_adapter(merged):

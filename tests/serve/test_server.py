@@ -3,6 +3,7 @@
 import json
 
 import pytest
+from helpers import API_KEY
 from openai import OpenAI
 
 from tuneship.errors import TuneshipError
@@ -10,9 +11,9 @@ from tuneship.serve.server import ServeConfig, VLLMServer
 
 
 def test_models_lists_adapter_with_base_as_parent(live_server):
-    models = {m.id: m for m in OpenAI(base_url=live_server.url, api_key="x").models.list().data}
-    assert set(models) == {"tiny-base", "tiny-adapter"}
-    assert models["tiny-adapter"].parent == "tiny-base"
+    models = {m.id: m for m in OpenAI(base_url=live_server.url, api_key=API_KEY).models.list().data}
+    assert {"tiny-base", "tiny-adapter", "tiny-alt"} <= set(models)
+    assert models["tiny-adapter"].parent == models["tiny-alt"].parent == "tiny-base"
 
 
 def _greedy(client, model, messages):
@@ -21,7 +22,7 @@ def _greedy(client, model, messages):
 
 
 def test_adapter_changes_greedy_outputs(live_server, ticket_rows):
-    client = OpenAI(base_url=live_server.url, api_key="x")
+    client = OpenAI(base_url=live_server.url, api_key=API_KEY)
     prompts = [row["messages"][:-1] for row in ticket_rows[:6]]
     base = [_greedy(client, "tiny-base", p) for p in prompts]
     adapter = [_greedy(client, "tiny-adapter", p) for p in prompts]
@@ -37,6 +38,24 @@ def test_vllm_arguments_follow_the_adapters(tiny_base, tiny_run):
     assert args[args.index("--max-loras") + 1] == "1"
     assert f"a={tiny_run.adapter_dir.resolve()}" in args
     assert server.environment()["VLLM_CPU_KVCACHE_SPACE"] == "2"
+    assert "--middleware" not in args and "VLLM_ALLOW_RUNTIME_LORA_UPDATING" not in server.environment()
+
+
+def test_hot_loading_needs_registry_and_key_and_keeps_the_key_off_the_command_line(
+    tiny_base, registry, monkeypatch
+):
+    monkeypatch.setenv("VLLM_LORA_RESOLVER_CACHE_DIR", "/")  # vLLM's unchecked resolver: never inherited
+    keyless = VLLMServer(ServeConfig(base=str(tiny_base), registry=str(registry.root), port=9))
+    assert {"tiny-adapter", "tiny-alt"} <= set(keyless.adapters)
+    assert "--middleware" not in keyless.args
+    assert "Hot loading: off" in "\n".join(keyless.notes())
+    server = VLLMServer(ServeConfig(base=str(tiny_base), registry=str(registry.root), api_key="k", port=9))
+    env = server.environment()
+    assert "k" not in server.args and env["VLLM_API_KEY"] == "k"
+    assert server.args[server.args.index("--middleware") + 1] == "tuneship.serve.guard.RegistryGuard"
+    assert env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] == "True" and "VLLM_LORA_RESOLVER_CACHE_DIR" not in env
+    assert env["TUNESHIP_REGISTRY_ROOT"] == str(registry.root.resolve())
+    assert env["TUNESHIP_MAX_LORA_RANK"] == "8"
 
 
 def test_bad_adapter_is_refused_before_vllm_starts(tiny_base, tiny_run, tmp_path):
@@ -58,40 +77,24 @@ def test_binding_beyond_loopback_needs_an_api_key():
         load_config(ServeConfig, host="0.0.0.0")
 
 
-def test_serve_command_stops_the_whole_engine_on_sigterm(tiny_base, tiny_run, tmp_path):
-    """`tuneship serve` as a user runs it: ready, serving, then SIGTERM leaves no process behind."""
-    import os
+def test_serve_merged_export_answers_like_the_adapter_and_stops_cleanly(
+    tiny_export, live_server, ticket_rows, tmp_path
+):
+    """`tuneship serve --merged` as a user runs it: ready, answers as base + adapter does,
+    then SIGTERM leaves no process behind."""
     import signal
     import subprocess
     import sys
     import time
 
-    import httpx
     import psutil
     from helpers import free_port
 
     port = free_port()
-    command = [
-        sys.executable,
-        "-m",
-        "tuneship.cli",
-        "serve",
-        "--base",
-        str(tiny_base),
-        "--port",
-        str(port),
-        "--adapter",
-        f"t={tiny_run.adapter_dir}",
-        "--kv-cache-gb",
-        "1",
-        "--max-model-len",
-        "512",
-        "--log-file",
-        str(tmp_path / "serve.log"),
-    ]
-    cli = subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=os.environ
-    )
+    command = [sys.executable, "-m", "tuneship.cli", "serve", "--merged", str(tiny_export.out)]
+    command += ["--port", str(port), "--kv-cache-gb", "1", "--max-model-len", "512"]
+    command += ["--log-file", str(tmp_path / "serve.log")]
+    cli = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         lines = []
         for line in cli.stdout:  # type: ignore[union-attr]
@@ -101,10 +104,14 @@ def test_serve_command_stops_the_whole_engine_on_sigterm(tiny_base, tiny_run, tm
         assert f"Ready at http://127.0.0.1:{port}/v1" in "".join(lines), (
             "".join(lines) + (tmp_path / "serve.log").read_text()
         )
-        assert "  model: t\n" in lines
+        assert "  model: tiny-merged\n" in lines
         engine = psutil.Process(cli.pid).children(recursive=True)
         assert engine, "vLLM runs as a child of the command"
-        assert httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=5).status_code == 200
+        merged = OpenAI(base_url=f"http://127.0.0.1:{port}/v1", api_key="none")
+        adapter = OpenAI(base_url=live_server.url, api_key=API_KEY)
+        prompts = [row["messages"][:-1] for row in ticket_rows[:6]]
+        same = sum(_greedy(merged, "tiny-merged", p) == _greedy(adapter, "tiny-adapter", p) for p in prompts)
+        assert same >= 5, f"merged and base + adapter agree on only {same} of 6 prompts"
         cli.send_signal(signal.SIGTERM)
         assert cli.wait(timeout=60) == 0
     finally:

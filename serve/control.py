@@ -1,0 +1,90 @@
+"""Talk to a running server about its adapters: list, load (hot), unload.
+
+    tuneship adapters list   --endpoint http://127.0.0.1:8000/v1
+    tuneship adapters load   tickets-v2 --registry registry --api-key KEY [--replace]
+    tuneship adapters unload tickets-v2 --api-key KEY
+
+Loading checks the adapter here first (for a quick, clear refusal) and the server's
+guard checks it again (the check that counts).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+
+from tuneship.errors import ServerError
+from tuneship.export.check import check_adapter
+from tuneship.serve.registry import Registry, adapter_hash
+
+
+@dataclass
+class Live:
+    name: str
+    parent: str | None  # the base model an adapter belongs to (None for the base itself)
+    path: str | None
+    sha256: str | None  # content hash, when the path is readable from here
+
+
+def _request(method: str, url: str, api_key: str | None, **kwargs) -> httpx.Response:
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    try:
+        return httpx.request(method, url, headers=headers, timeout=120, **kwargs)
+    except httpx.HTTPError as e:
+        raise ServerError(f"cannot reach {url}: {e}") from None
+
+
+def _error(response: httpx.Response) -> str:
+    try:
+        error = response.json().get("error", response.json())
+        return error.get("message", str(error)) if isinstance(error, dict) else str(error)
+    except ValueError:
+        return response.text[:300] or response.reason_phrase
+
+
+def list_live(endpoint: str, api_key: str | None = None) -> list[Live]:
+    response = _request("GET", f"{endpoint.rstrip('/')}/models", api_key)
+    if response.status_code != 200:
+        raise ServerError(f"{endpoint}/models answered {response.status_code}: {_error(response)}")
+    # What each adapter was loaded with (tuneship's guard records it); else what is on disk now.
+    loaded = _request("GET", f"{endpoint.rstrip('/')}/tuneship/adapters", api_key)
+    hashes = loaded.json() if loaded.status_code == 200 else {}
+    live = []
+    for model in response.json().get("data", []):
+        root = model.get("root")
+        digest = hashes.get(model["id"])
+        if digest is None and root and (Path(root) / "adapter_config.json").is_file():
+            digest = adapter_hash(Path(root))
+        live.append(Live(model["id"], model.get("parent"), root, digest))
+    return live
+
+
+def load(endpoint: str, name: str, registry: Path | str, api_key: str | None, replace: bool = False) -> Live:
+    """Hot-load registry adapter ``name``; an already-live name with other content needs ``replace``."""
+    path = Registry(registry).path(name)
+    report = check_adapter(path)
+    if not report.ok:
+        raise ServerError(f"adapter {name} refused: " + "; ".join(report.problems))
+    digest = adapter_hash(path)
+    current = {m.name: m for m in list_live(endpoint, api_key)}
+    if name in current:
+        if current[name].sha256 == digest:
+            return current[name]  # already live with this content: nothing to do
+        if not replace:
+            raise ServerError(f"{name} is already live with other content; pass --replace to swap it")
+    body = {"lora_name": name, "lora_path": str(path.resolve()), "load_inplace": name in current}
+    response = _request("POST", f"{endpoint.rstrip('/')}/load_lora_adapter", api_key, json=body)
+    if response.status_code == 404 and '"detail"' in response.text:  # no such route: runtime loading off
+        raise ServerError(f"{endpoint} does not allow hot loading (start it with --registry and --api-key)")
+    if response.status_code != 200:
+        raise ServerError(f"the server refused {name} ({response.status_code}): {_error(response)}")
+    return next(m for m in list_live(endpoint, api_key) if m.name == name)
+
+
+def unload(endpoint: str, name: str, api_key: str | None) -> None:
+    body = {"lora_name": name}
+    response = _request("POST", f"{endpoint.rstrip('/')}/unload_lora_adapter", api_key, json=body)
+    if response.status_code != 200:
+        raise ServerError(f"the server did not unload {name} ({response.status_code}): {_error(response)}")

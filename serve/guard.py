@@ -1,0 +1,212 @@
+"""Safe hot loading inside vLLM's API server: an ASGI middleware and a LoRA resolver.
+
+vLLM's runtime loading (``VLLM_ALLOW_RUNTIME_LORA_UPDATING``) lets a caller load an
+adapter from any path on the host, and its filesystem resolver joins the requested
+model name onto a directory unchecked. tuneship turns those off and puts these in:
+
+- :class:`RegistryGuard` (``--middleware tuneship.serve.guard.RegistryGuard``) sits
+  in front of ``/v1/load_lora_adapter`` and ``/v1/unload_lora_adapter``: it demands
+  the API key, accepts only adapters inside the registry root (no ``..``, no symlink
+  out), runs the export stage's adapter check against the served base and the
+  server's ``--max-lora-rank``, and refuses with the reason (HTTP 400/401/404).
+- :func:`register_resolver` (entry point ``vllm.general_plugins: tuneship_registry``)
+  loads an adapter on the first request that names it, under the same rules.
+
+Both read their settings from the environment that ``tuneship serve`` sets.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from tuneship.errors import ArtifactError
+from tuneship.export.check import check_adapter
+from tuneship.serve.registry import adapter_hash, confined, confined_path
+
+REGISTRY_ENV = "TUNESHIP_REGISTRY_ROOT"
+BASE_SHA_ENV = "TUNESHIP_BASE_SHA256"
+MAX_RANK_ENV = "TUNESHIP_MAX_LORA_RANK"
+LIVE_ENV = "TUNESHIP_LIVE_ADAPTERS"  # JSON {name: content sha256} of the adapters served from the start
+LOAD_PATH = "/v1/load_lora_adapter"
+UNLOAD_PATH = "/v1/unload_lora_adapter"
+LIVE_PATH = "/v1/tuneship/adapters"  # GET: {name: sha256} of the content each live adapter was loaded with
+
+# What each live adapter was loaded with: the files on disk may have changed since.
+LIVE: dict[str, str] = {}
+
+
+@dataclass
+class GuardSettings:
+    registry: Path | None
+    base_sha256: str | None
+    max_rank: int
+    api_key: str | None
+
+    @classmethod
+    def from_env(cls) -> GuardSettings:
+        root = os.environ.get(REGISTRY_ENV)
+        return cls(
+            registry=Path(root) if root else None,
+            base_sha256=os.environ.get(BASE_SHA_ENV) or None,
+            max_rank=int(os.environ.get(MAX_RANK_ENV, "0") or 0),
+            api_key=os.environ.get("VLLM_API_KEY") or None,
+        )
+
+    def adapter_path(self, path: str | None = None, name: str | None = None) -> Path:
+        """The registry entry to load, after every check; raises ArtifactError with the reason."""
+        if self.registry is None:
+            raise ArtifactError("hot loading is off: the server was started without --registry")
+        adapter = confined_path(self.registry, path) if path else confined(self.registry, name or "")
+        report = check_adapter(adapter, base_sha256=self.base_sha256)
+        problems = list(report.problems)
+        if report.rank and self.max_rank and report.rank > self.max_rank:
+            problems.append(
+                f"rank {report.rank} is above this server's --max-lora-rank {self.max_rank} "
+                "(restart the server with a larger --max-lora-rank)"
+            )
+        if problems:
+            raise ArtifactError(f"adapter {adapter.name} refused: " + "; ".join(problems))
+        return adapter
+
+    def authorized(self, authorization: str | None) -> bool:
+        if not self.api_key:
+            return False  # no key, no hot loading
+        scheme, _, token = (authorization or "").partition(" ")
+        expected = hashlib.sha256(self.api_key.encode()).digest()
+        given = hashlib.sha256(token.encode()).digest()
+        return scheme.lower() == "bearer" and secrets.compare_digest(expected, given)
+
+
+class RegistryGuard:
+    """ASGI middleware guarding vLLM's adapter load/unload endpoints."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.settings = GuardSettings.from_env()
+        LIVE.update(json.loads(os.environ.get(LIVE_ENV) or "{}"))
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        path = scope.get("path", "").removeprefix(scope.get("root_path", ""))
+        if scope["type"] != "http" or path not in (LOAD_PATH, UNLOAD_PATH, LIVE_PATH):
+            await self.app(scope, receive, send)
+            return
+        headers = {k.decode().lower(): v.decode() for k, v in scope.get("headers", [])}
+        if not self.settings.authorized(headers.get("authorization")):
+            await _reply(send, 401, "hot loading needs the server's API key (Authorization: Bearer KEY)")
+            return
+        if path == LIVE_PATH:
+            await _send_json(send, 200, dict(LIVE))
+            return
+        body = await _read_body(receive)
+        request: dict = {}
+        digest = None
+        if path == LOAD_PATH:
+            try:
+                request = json.loads(body or b"{}")
+                name = request.get("lora_name")
+                adapter = self.settings.adapter_path(path=request.get("lora_path"), name=name)
+                if name != adapter.name:
+                    raise ArtifactError(f"lora_name must be the registry name {adapter.name!r}")
+            except (ValueError, AttributeError) as e:
+                await _reply(send, 400, f"bad load request: {e}")
+                return
+            except ArtifactError as e:
+                await _reply(send, 404 if "no adapter" in str(e) else 400, str(e))
+                return
+            body = json.dumps({**request, "lora_path": str(adapter)}).encode()
+            digest = adapter_hash(adapter)
+        else:
+            try:
+                request = json.loads(body or b"{}")
+            except ValueError:
+                request = {}
+        status = await _forward(self.app, scope, body, send)
+        name = request.get("lora_name") if isinstance(request, dict) else None
+        if status == 200 and name:
+            if digest:
+                LIVE[name] = digest
+            else:
+                LIVE.pop(name, None)
+
+
+async def _forward(app: Any, scope: dict, body: bytes, send: Any) -> int:
+    """Pass the request on with ``body``; returns the status the app answered with."""
+    status = 0
+
+    async def watch(message: dict) -> None:
+        nonlocal status
+        if message["type"] == "http.response.start":
+            status = message["status"]
+        await send(message)
+
+    await app(scope, _replay(body), watch)
+    return status
+
+
+async def _read_body(receive: Any) -> bytes:
+    chunks = []
+    while True:
+        message = await receive()
+        chunks.append(message.get("body", b""))
+        if not message.get("more_body"):
+            return b"".join(chunks)
+
+
+def _replay(body: bytes) -> Any:
+    sent = False
+
+    async def receive() -> dict:
+        nonlocal sent
+        if sent:
+            return {"type": "http.disconnect"}
+        sent = True
+        return {"type": "http.request", "body": body, "more_body": False}
+
+    return receive
+
+
+async def _reply(send: Any, status: int, message: str) -> None:
+    await _send_json(send, status, {"error": {"message": message, "type": "AdapterRefused", "code": status}})
+
+
+async def _send_json(send: Any, status: int, data: Any) -> None:
+    payload = json.dumps(data).encode()
+    await send(
+        {
+            "type": "http.response.start",
+            "status": status,
+            "headers": [
+                (b"content-type", b"application/json"),
+                (b"content-length", str(len(payload)).encode()),
+            ],
+        }
+    )
+    await send({"type": "http.response.body", "body": payload})
+
+
+def register_resolver() -> None:
+    """vLLM general plugin: load a registry adapter on the first request naming it."""
+    settings = GuardSettings.from_env()
+    if settings.registry is None or not settings.api_key:
+        return
+    from vllm.lora.request import LoRARequest
+    from vllm.lora.resolver import LoRAResolver, LoRAResolverRegistry
+
+    class RegistryResolver(LoRAResolver):
+        async def resolve_lora(self, base_model_name: str, lora_name: str) -> LoRARequest | None:
+            try:
+                adapter = settings.adapter_path(name=lora_name)
+            except ArtifactError:
+                return None  # vLLM answers 404: the model does not exist
+            LIVE[lora_name] = adapter_hash(adapter)
+            lora_id = int(hashlib.sha256(lora_name.encode()).hexdigest()[:12], 16)
+            return LoRARequest(lora_name=lora_name, lora_int_id=lora_id, lora_path=str(adapter))
+
+    if "tuneship registry" not in LoRAResolverRegistry.get_supported_resolvers():
+        LoRAResolverRegistry.register_resolver("tuneship registry", RegistryResolver())

@@ -1,0 +1,166 @@
+"""Integration: the registry, hot loading and its guard, on the shared live vLLM server."""
+
+import os
+import shutil
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+
+import httpx
+import openai
+import pytest
+from helpers import API_KEY, make_adapter
+from openai import OpenAI
+
+from tuneship.errors import ArtifactError
+from tuneship.serve.registry import confined, confined_path
+
+MESSAGES = [{"role": "user", "content": "My invoice is wrong, please help."}]
+
+
+def _tuneship(server, *args):
+    command = [sys.executable, "-m", "tuneship.cli", "adapters", *args]
+    if args[0] != "add":
+        command += ["--endpoint", server.url]
+    env = {**os.environ, "TUNESHIP_API_KEY": API_KEY, "TUNESHIP_REGISTRY": server.config.registry}
+    return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+
+
+def _client(server, key=API_KEY):
+    return OpenAI(base_url=server.url, api_key=key, max_retries=0)
+
+
+def _chat(client, model, max_tokens=8):
+    reply = client.chat.completions.create(
+        model=model, messages=MESSAGES, temperature=0, max_tokens=max_tokens
+    )
+    return reply.choices[0].message.content
+
+
+@pytest.mark.parametrize("model", ["tiny-base", "tiny-adapter", "tiny-alt"])
+def test_every_served_model_answers_chat_and_completions_streamed_and_not(live_server, model):
+    client = _client(live_server)
+    assert _chat(client, model)
+    stream = client.chat.completions.create(model=model, messages=MESSAGES, max_tokens=8, stream=True)
+    assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices)
+    assert client.completions.create(model=model, prompt="Ticket:", max_tokens=8).choices[0].text
+    stream = client.completions.create(model=model, prompt="Ticket:", max_tokens=8, stream=True)
+    assert "".join(c.choices[0].text for c in stream if c.choices)
+
+
+def test_hot_load_list_and_unload(live_server, tiny_base, tmp_path):
+    made = make_adapter(tiny_base, tmp_path / "hot", seed=7)
+    added = _tuneship(live_server, "add", "hot", str(made))
+    assert added.returncode == 0, added.stderr
+    loaded = _tuneship(live_server, "load", "hot")
+    assert loaded.returncode == 0 and "Loaded hot (parent tiny-base" in loaded.stdout, loaded.stderr
+    client = _client(live_server)
+    assert _chat(client, "hot", 16) != _chat(client, "tiny-base", 16)
+    listing = _tuneship(live_server, "list")
+    assert "hot" in listing.stdout and "adapter of tiny-base" in listing.stdout and "(live)" in listing.stdout
+    again = _tuneship(live_server, "load", "hot")  # same content: nothing to do
+    assert again.returncode == 0
+    # Roll back: out of the registry (or the resolver would load it again on demand), then unload.
+    shutil.rmtree(os.path.join(live_server.config.registry, "hot"))
+    unloaded = _tuneship(live_server, "unload", "hot")
+    assert unloaded.returncode == 0, unloaded.stderr
+    with pytest.raises(openai.NotFoundError):
+        _chat(client, "hot")
+    assert _chat(client, "tiny-adapter") and _chat(client, "tiny-base")
+
+
+def test_replacing_live_content_needs_replace(live_server, tiny_base, tmp_path):
+    registry = live_server.config.registry
+    first, second = (make_adapter(tiny_base, tmp_path / n, seed=s) for n, s in (("a", 3), ("b", 4)))
+    assert _tuneship(live_server, "add", "swap", str(first)).returncode == 0
+    assert _tuneship(live_server, "load", "swap").returncode == 0
+    before = _chat(_client(live_server), "swap", 16)
+    assert _tuneship(live_server, "add", "swap", str(second), "--force").returncode == 0
+    refused = _tuneship(live_server, "load", "swap")
+    assert refused.returncode == 1 and "--replace" in refused.stderr
+    replaced = _tuneship(live_server, "load", "swap", "--replace")
+    assert replaced.returncode == 0, replaced.stderr
+    assert _chat(_client(live_server), "swap", 16) != before
+    shutil.rmtree(os.path.join(registry, "swap"))
+    assert _tuneship(live_server, "unload", "swap").returncode == 0
+
+
+def test_first_request_loads_a_registry_adapter_by_name(live_server, tiny_base, tmp_path):
+    made = make_adapter(tiny_base, tmp_path / "lazy", seed=5)
+    shutil.copytree(made, os.path.join(live_server.config.registry, "lazy"))
+    assert _chat(_client(live_server), "lazy")
+    models = {m.id: m for m in _client(live_server).models.list().data}
+    assert models["lazy"].parent == "tiny-base"
+    shutil.rmtree(os.path.join(live_server.config.registry, "lazy"))
+    assert _tuneship(live_server, "unload", "lazy").returncode == 0
+
+
+def _load(server, body, key=API_KEY):
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    return httpx.post(f"{server.url}/load_lora_adapter", json=body, headers=headers, timeout=60)
+
+
+def test_bad_loads_are_refused_while_traffic_keeps_flowing(live_server, tiny_base, tiny_run, tmp_path):
+    root = live_server.config.registry
+    make_adapter(tiny_base, os.path.join(root, "rank16"), rank=16, seed=2)
+    make_adapter(tiny_base, os.path.join(root, "other-base"), seed=2, base_sha256="0" * 64)
+    shutil.copytree(tiny_run.adapter_dir, os.path.join(root, "corrupt"))
+    weights = os.path.join(root, "corrupt", "adapter_model.safetensors")
+    with open(weights, "r+b") as f:
+        f.truncate(os.path.getsize(weights) // 2)
+    outside = make_adapter(tiny_base, tmp_path / "outside", seed=2)
+    os.symlink(outside, os.path.join(root, "sneaky"))
+
+    bad = {
+        "missing directory": ({"lora_name": "nope", "lora_path": f"{root}/nope"}, 404, "no adapter 'nope'"),
+        "rank too high": ({"lora_name": "rank16", "lora_path": f"{root}/rank16"}, 400, "--max-lora-rank 8"),
+        "wrong base": ({"lora_name": "other-base", "lora_path": f"{root}/other-base"}, 400, "different base"),
+        "corrupt weights": ({"lora_name": "corrupt", "lora_path": f"{root}/corrupt"}, 400, "unreadable"),
+        "outside path": ({"lora_name": "outside", "lora_path": str(outside)}, 400, "outside the adapter"),
+        "dot-dot": ({"lora_name": "x", "lora_path": f"{root}/../outside"}, 400, "outside the adapter"),
+        "symlink out": ({"lora_name": "sneaky", "lora_path": f"{root}/sneaky"}, 400, "outside"),
+        "name is a path": ({"lora_name": "../outside"}, 400, "not an adapter name"),
+    }
+    good_models = ["tiny-base", "tiny-adapter", "tiny-alt"] * 8
+    with ThreadPoolExecutor(6) as pool:
+        traffic = [pool.submit(_chat, _client(live_server), m) for m in good_models]
+        refusals = {case: _load(live_server, body) for case, (body, _, _) in bad.items()}
+        answers = [f.result() for f in traffic]  # raises if any request failed
+    assert len(answers) == len(good_models) and all(answers)
+    for case, (_, status, fragment) in bad.items():
+        response = refusals[case]
+        assert response.status_code == status and fragment in response.text, (case, response.text)
+    # Nor can a request name a way out of the registry for the on-demand resolver.
+    for name in ("sneaky", "rank16", "corrupt", "other-base"):
+        with pytest.raises(openai.NotFoundError):
+            _chat(_client(live_server), name)
+    for name in ("rank16", "other-base", "corrupt", "sneaky"):
+        path = os.path.join(root, name)
+        os.unlink(path) if os.path.islink(path) else shutil.rmtree(path)
+
+
+def test_api_key_is_enforced(live_server):
+    with pytest.raises(openai.AuthenticationError):
+        _chat(_client(live_server, key="wrong"), "tiny-base")
+    for key in (None, "wrong"):
+        response = _load(live_server, {"lora_name": "tiny-alt", "lora_path": "x"}, key=key)
+        assert response.status_code == 401 and "API key" in response.text
+    env = {k: v for k, v in os.environ.items() if k != "TUNESHIP_API_KEY"}
+    command = [sys.executable, "-m", "tuneship.cli", "adapters", "unload", "tiny-alt"]
+    cli = subprocess.run([*command, "--endpoint", live_server.url], capture_output=True, text=True, env=env)
+    assert cli.returncode == 1 and "401" in cli.stderr and "Traceback" not in cli.stderr
+
+
+def test_names_and_paths_are_confined_to_the_registry(tmp_path):
+    root = tmp_path / "registry"
+    (root / "good").mkdir(parents=True)
+    (tmp_path / "secret").mkdir()
+    os.symlink(tmp_path / "secret", root / "link")
+    assert confined(root, "good") == (root / "good").resolve()
+    assert confined_path(root, root / "good") == (root / "good").resolve()
+    for name in ("../secret", "link", "/etc", "", ".hidden", "a/b"):
+        with pytest.raises(ArtifactError):
+            confined(root, name)
+    for path in (tmp_path / "secret", root / ".." / "secret", root / "link", root / "good" / "x"):
+        with pytest.raises(ArtifactError):
+            confined_path(root, path)
