@@ -6,6 +6,7 @@ from pathlib import Path
 
 from tuneship.artifacts import write_json
 from tuneship.clients.data import EvalItem
+from tuneship.clients.latency import percentile
 
 REPORT_MD = "report.md"
 REPORT_JSON = "report.json"
@@ -102,18 +103,12 @@ def _examples(
     return lines or ["- (none)"]
 
 
-def percentile(values: list[float], q: float) -> float:
-    """Nearest-rank percentile (q in [0, 1])."""
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
-
-
 def latency_lines(answers: dict[str, dict[str, dict]]) -> list[str]:
     """Median end-to-end latency per arm (non-streamed requests, so no TTFT here)."""
     lines = ["| model | p50 latency (s) | p90 latency (s) |", "|---|---|---|"]
     for model, by_id in answers.items():
         values = [r["latency_s"] for r in by_id.values()]
-        lines.append(f"| {model} | {percentile(values, 0.5):.3f} | {percentile(values, 0.9):.3f} |")
+        lines.append(f"| {model} | {percentile(values, 50):.3f} | {percentile(values, 90):.3f} |")
     return lines
 
 

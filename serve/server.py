@@ -33,6 +33,8 @@ from tuneship.serve.guard import BASE_SHA_ENV, LIVE_ENV, MAX_RANK_ENV, REGISTRY_
 from tuneship.serve.registry import Registry, adapter_hash
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+# Engine settings a user's own environment may override.
+CPU_DEFAULTS = ("VLLM_CPU_KVCACHE_SPACE", "HF_HUB_OFFLINE", "VLLM_NO_USAGE_STATS", "DO_NOT_TRACK")
 # Measured with bench/serve_throughput.py (see the README); the serve command repeats it.
 MERGED_SPEEDUP = (
     "(tuneship export RUN --out DIR; tuneship serve --merged DIR: "
@@ -98,21 +100,33 @@ def max_lora_rank(config: ServeConfig, ranks: dict[str, int]) -> int:
 
 
 def build_vllm_args(
-    config: ServeConfig, base: BaseModel, adapters: dict[str, str], ranks: dict[str, int], gpu: bool
+    config: ServeConfig,
+    base: BaseModel,
+    adapters: dict[str, str],
+    ranks: dict[str, int],
+    gpu: bool,
+    python: str = sys.executable,
+    model_path: str | None = None,
+    host: str | None = None,
+    port: int | None = None,
 ) -> list[str]:
-    """The command line that starts vLLM for this configuration (the API key goes in the environment)."""
+    """The command line that starts vLLM for this configuration (the API key goes in the environment).
+
+    ``adapters`` maps names to the paths vLLM will see; the keyword arguments override what
+    differs inside a container.
+    """
     args = [
-        sys.executable,
+        python,
         "-m",
         "vllm.entrypoints.openai.api_server",
         "--model",
-        str(base.path),
+        model_path or str(base.path),
         "--served-model-name",
         config.served_name or base.name,
         "--host",
-        config.host,
+        host or config.host,
         "--port",
-        str(config.port),
+        str(port or config.port),
         "--max-model-len",
         str(config.max_model_len),
         "--generation-config",
@@ -134,7 +148,7 @@ def build_vllm_args(
             str(config.max_loras or max(1, len(adapters))),
         ]
     if adapters:
-        args += ["--lora-modules", *(f"{name}={Path(path).resolve()}" for name, path in adapters.items())]
+        args += ["--lora-modules", *(f"{name}={path}" for name, path in adapters.items())]
     if config.hot_loading:
         args += ["--middleware", "tuneship.serve.guard.RegistryGuard"]
     return args + list(config.extra_args)
@@ -165,7 +179,8 @@ class VLLMServer:
         if problems:
             raise TuneshipError("refusing to serve:\n  " + "\n  ".join(problems))
         self.gpu = has_cuda()
-        self.args = build_vllm_args(config, self.base, self.adapters, self.ranks, self.gpu)
+        local_paths = {name: str(Path(path).resolve()) for name, path in self.adapters.items()}
+        self.args = build_vllm_args(config, self.base, local_paths, self.ranks, self.gpu)
         self.log_path = Path(config.log_file or f"logs/vllm-{config.port}.log")
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -190,23 +205,30 @@ class VLLMServer:
         return notes
 
     def environment(self) -> dict[str, str]:
+        """This process's environment, cleaned, plus :meth:`engine_environment`."""
         env = dict(os.environ)
         # vLLM's own runtime loading and filesystem resolver accept any path: never inherit them.
         for unsafe in ("VLLM_ALLOW_RUNTIME_LORA_UPDATING", "VLLM_LORA_RESOLVER_CACHE_DIR", "VLLM_API_KEY"):
             env.pop(unsafe, None)
+        for key, value in self.engine_environment().items():
+            if key not in CPU_DEFAULTS or key not in env:  # the user's own engine settings win
+                env[key] = value
+        return env
+
+    def engine_environment(self, registry_path: str | None = None) -> dict[str, str]:
+        """What the engine needs set: key, hot-loading settings, CPU cache size, offline flags."""
+        env: dict[str, str] = {}
         if self.config.api_key:
             env["VLLM_API_KEY"] = self.config.api_key  # not on the command line, where ps shows it
         if self.config.hot_loading:
             env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
-            env[REGISTRY_ENV] = str(Path(self.config.registry).resolve())
+            env[REGISTRY_ENV] = registry_path or str(Path(self.config.registry).resolve())
             env[BASE_SHA_ENV] = self.base.weights_sha256
             env[MAX_RANK_ENV] = str(max_lora_rank(self.config, self.ranks))
             live = {name: adapter_hash(Path(path)) for name, path in self.adapters.items()}
             env[LIVE_ENV] = json.dumps(live)
-        env.setdefault("VLLM_CPU_KVCACHE_SPACE", str(self.config.kv_cache_gb))
-        env.setdefault("HF_HUB_OFFLINE", "1")
-        env.setdefault("VLLM_NO_USAGE_STATS", "1")
-        env.setdefault("DO_NOT_TRACK", "1")
+        env["VLLM_CPU_KVCACHE_SPACE"] = str(self.config.kv_cache_gb)
+        env.update(HF_HUB_OFFLINE="1", VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1")
         return env
 
     def start(self) -> None:
@@ -222,12 +244,12 @@ class VLLMServer:
 
     def wait_ready(self, progress: Any = None) -> None:
         """Poll /v1/models until it answers; fail early (with the log tail) if vLLM exits."""
-        assert self.process is not None
         deadline = time.monotonic() + self.config.startup_timeout
         headers = {"Authorization": f"Bearer {self.config.api_key}"} if self.config.api_key else {}
         while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise ServerError(f"vLLM exited with code {self.process.returncode}:\n{self.log_tail()}")
+            code = self.exit_code()
+            if code is not None:
+                raise ServerError(f"vLLM exited with code {code}:\n{self.log_tail()}")
             try:
                 if httpx.get(f"{self.url}/models", headers=headers, timeout=2).status_code == 200:
                     return
@@ -238,6 +260,16 @@ class VLLMServer:
             time.sleep(1)
         self.stop()
         raise ServerError(f"vLLM was not ready after {self.config.startup_timeout:.0f}s:\n{self.log_tail()}")
+
+    def exit_code(self) -> int | None:
+        """None while the engine runs."""
+        assert self.process is not None, "start() first"
+        return self.process.poll()
+
+    def wait(self) -> int:
+        """Block until the engine exits; its exit code."""
+        assert self.process is not None, "start() first"
+        return self.process.wait()
 
     def log_tail(self, lines: int = 15) -> str:
         try:

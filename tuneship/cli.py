@@ -396,8 +396,18 @@ def _parse_adapters(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--tensor-parallel-size", type=int, help=_serve_help("tensor_parallel_size"))
 @click.option("--log-file", help=_serve_help("log_file"))
 @click.option("--vllm-arg", "extra_args", multiple=True, help="extra flag passed to vLLM as is (repeatable)")
+@click.option(
+    "--runtime",
+    type=click.Choice(["local", "docker"]),
+    default="local",
+    show_default=True,
+    help="run vLLM here, or in the pinned serving image through the Docker SDK",
+)
+@click.option("--image", help="--runtime docker: image to run (default: pinned in docker/versions.env)")
 @friendly_errors
-def serve(adapters: tuple[str, ...], extra_args: tuple[str, ...], **options: Any) -> None:
+def serve(
+    adapters: tuple[str, ...], extra_args: tuple[str, ...], runtime: str, image: str | None, **options: Any
+) -> None:
     """Serve the base model and LoRA adapters with vLLM (OpenAI-compatible) until Ctrl-C."""
     from tuneship.config import load_config
     from tuneship.serve.server import ServeConfig, VLLMServer
@@ -409,7 +419,13 @@ def serve(adapters: tuple[str, ...], extra_args: tuple[str, ...], **options: Any
         extra_args=list(extra_args) or None,
         **options,
     )
-    server = VLLMServer(config)
+    if runtime == "docker":
+        from tuneship.serve.docker import DockerServer
+
+        server: VLLMServer = DockerServer(config, image=image)
+        click.echo(f"Container image: {server.spec.image}")  # type: ignore[attr-defined]
+    else:
+        server = VLLMServer(config)
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # run the cleanup below on SIGTERM too
     click.echo(f"Starting vLLM (log: {server.log_path}) ...")
     server.start()
@@ -421,8 +437,8 @@ def serve(adapters: tuple[str, ...], extra_args: tuple[str, ...], **options: Any
         for note in server.notes():
             click.echo(note)
         click.echo("Press Ctrl-C to stop.")
-        server.process.wait()  # type: ignore[union-attr]
-        raise click.ClickException(f"vLLM exited with code {server.process.returncode}:\n{server.log_tail()}")  # type: ignore[union-attr]
+        code = server.wait()
+        raise click.ClickException(f"vLLM exited with code {code}:\n{server.log_tail()}")
     except KeyboardInterrupt:
         click.echo("Stopping ...")
     finally:

@@ -1,0 +1,170 @@
+"""``tuneship serve --runtime docker``: the same server, in the pinned serving image.
+
+The container specification (image, command, mounts, environment, ports, GPU request)
+is built from the same checked configuration as a local server; the Docker SDK runs it
+where an engine answers (``DOCKER_HOST`` or the default socket). Inside the container:
+the model at ``/models/base``, start-time adapters at ``/adapters/NAME``, the registry
+at ``/registry``, vLLM listening on 0.0.0.0:8000, published on the host's ``--host:--port``.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tuneship.errors import ServerError
+from tuneship.serve.server import ServeConfig, VLLMServer, build_vllm_args
+
+VERSIONS_FILE = Path(__file__).resolve().parents[1] / "docker" / "versions.env"
+CONTAINER_PORT = 8000
+MODEL_MOUNT = "/models/base"
+REGISTRY_MOUNT = "/registry"
+ADAPTERS_MOUNT = "/adapters"
+
+
+def pinned_versions(path: Path = VERSIONS_FILE) -> dict[str, str]:
+    """``docker/versions.env``: KEY=VALUE lines, the one place image versions are pinned."""
+    if not path.is_file():
+        raise ServerError(f"{path} not found: --runtime docker runs from a tuneship checkout")
+    pairs = (line.split("=", 1) for line in path.read_text().splitlines() if "=" in line)
+    return {k.strip(): v.strip() for k, v in pairs if not k.strip().startswith("#")}
+
+
+@dataclass
+class ContainerSpec:
+    image: str
+    command: list[str]
+    mounts: dict[str, dict[str, str]]  # host path -> {"bind": container path, "mode": "ro"|"rw"}
+    environment: dict[str, str]
+    ports: dict[str, tuple[str, int]]  # "8000/tcp" -> (host interface, host port)
+    gpu: bool
+    name: str
+    labels: dict[str, str] = field(default_factory=dict)
+
+    def run_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments for ``docker.DockerClient().containers.run``."""
+        kwargs: dict[str, Any] = {
+            "image": self.image,
+            "command": self.command,
+            "volumes": self.mounts,
+            "environment": self.environment,
+            "ports": self.ports,
+            "name": self.name,
+            "labels": self.labels,
+            "detach": True,
+            "shm_size": "2g",
+        }
+        if self.gpu:
+            import docker
+
+            kwargs["device_requests"] = [docker.types.DeviceRequest(count=-1, capabilities=[["gpu"]])]
+        return kwargs
+
+
+def container_spec(server: VLLMServer, image: str | None = None) -> ContainerSpec:
+    """The container that serves ``server``'s configuration."""
+    config: ServeConfig = server.config
+    versions = pinned_versions()
+    image = image or versions["TUNESHIP_SERVE_IMAGE" if server.gpu else "TUNESHIP_SERVE_CPU_IMAGE"]
+    mounts = {str(server.base.path): {"bind": MODEL_MOUNT, "mode": "ro"}}
+    adapter_paths = {}
+    registry_entries = set()
+    if config.registry:
+        mounts[str(Path(config.registry).resolve())] = {"bind": REGISTRY_MOUNT, "mode": "ro"}
+        registry_entries = {p.name for p in Path(config.registry).iterdir()}
+    for name, path in server.adapters.items():
+        if name in registry_entries and Path(path).parent.resolve() == Path(config.registry).resolve():
+            adapter_paths[name] = f"{REGISTRY_MOUNT}/{name}"
+        else:
+            adapter_paths[name] = f"{ADAPTERS_MOUNT}/{name}"
+            mounts[str(Path(path).resolve())] = {"bind": adapter_paths[name], "mode": "ro"}
+    command = build_vllm_args(
+        config,
+        server.base,
+        adapter_paths,
+        server.ranks,
+        server.gpu,
+        python="python3",
+        model_path=MODEL_MOUNT,
+        host="0.0.0.0",
+        port=CONTAINER_PORT,
+    )
+    # The image's entrypoint is vLLM's server; the command carries only its arguments.
+    arguments = command[3:]
+    environment = server.engine_environment(registry_path=REGISTRY_MOUNT if config.registry else None)
+    return ContainerSpec(
+        image=image,
+        command=arguments,
+        mounts=mounts,
+        environment=environment,
+        ports={f"{CONTAINER_PORT}/tcp": (config.host, config.port)},
+        gpu=server.gpu,
+        name=f"tuneship-serve-{config.port}",
+        labels={"tuneship.role": "serve", "tuneship.base": server.base.name},
+    )
+
+
+class DockerServer(VLLMServer):
+    """A vLLM server in a container: start, wait until ready, stop and remove it."""
+
+    def __init__(self, config: ServeConfig, image: str | None = None) -> None:
+        super().__init__(config)
+        self.spec = container_spec(self, image)
+        self.container: Any = None
+
+    def _client(self) -> Any:
+        try:
+            import docker
+        except ImportError:
+            raise ServerError("--runtime docker needs the Docker SDK: pip install docker") from None
+        try:
+            client = docker.from_env()
+            client.ping()
+        except Exception as e:  # the SDK raises DockerException subclasses and OS errors
+            where = os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock")
+            raise ServerError(f"no Docker engine answers at {where} ({type(e).__name__})") from None
+        return client
+
+    def start(self) -> None:
+        import docker
+
+        client = self._client()
+        try:
+            client.images.get(self.spec.image)
+        except docker.errors.ImageNotFound:
+            raise ServerError(
+                f"image {self.spec.image} is not built here: "
+                "docker build -f docker/serve-cpu.Dockerfile -t IMAGE . (see docker/README.md)"
+            ) from None
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.container = client.containers.run(**self.spec.run_kwargs())
+
+    def exit_code(self) -> int | None:
+        self.container.reload()
+        if self.container.status in ("exited", "dead"):
+            return int(self.container.attrs["State"]["ExitCode"])
+        return None
+
+    def log_tail(self, lines: int = 15) -> str:
+        if self.container is None:
+            return "(no container)"
+        text = self.container.logs(tail=lines).decode(errors="replace")
+        self.log_path.write_text(self.container.logs().decode(errors="replace"))
+        return text
+
+    def wait(self) -> int:
+        return int(self.container.wait()["StatusCode"])
+
+    def stop(self, timeout: float = 30) -> None:
+        if self.container is None:
+            return
+        try:
+            self.log_tail()
+            self.container.stop(timeout=int(timeout))
+        finally:
+            self.container.remove(force=True)
+            self.container = None
+            time.sleep(0.1)
