@@ -1,14 +1,17 @@
 """Send evaluation items to an OpenAI-compatible server and record every answer.
 
-Requests run concurrently (bounded); the ``openai`` client retries 429, 5xx and
-connection errors with backoff and not other 4xx. Each answer is appended to a JSONL
-file as it arrives, so an interrupted run resumes without redoing finished items.
+Requests run concurrently (bounded), each with a timeout; 429, 5xx, timeouts and
+connection errors are retried with exponential backoff and jitter, other 4xx are not
+(the ``openai`` client's own retries are off: it would also retry 408/409). Each answer
+is appended to a JSONL file as it arrives, so an interrupted run resumes without
+redoing finished items.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import random
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -30,10 +33,35 @@ class Sampling:
         return json.dumps(asdict(self), sort_keys=True)
 
 
-def make_client(endpoint: str, api_key: str | None, timeout: float, retries: int) -> Any:
+RETRIES = 5
+BACKOFF_S = 0.5
+
+
+def make_client(endpoint: str, api_key: str | None, timeout: float = 120) -> Any:
     from openai import AsyncOpenAI
 
-    return AsyncOpenAI(base_url=endpoint, api_key=api_key or "EMPTY", timeout=timeout, max_retries=retries)
+    return AsyncOpenAI(base_url=endpoint, api_key=api_key or "EMPTY", timeout=timeout, max_retries=0)
+
+
+def retryable(error: Exception) -> bool:
+    """429, 5xx, timeouts and lost connections are worth another try; other 4xx are not."""
+    import openai
+
+    if isinstance(error, openai.APIConnectionError):  # includes APITimeoutError
+        return True
+    return isinstance(error, openai.APIStatusError) and (error.status_code == 429 or error.status_code >= 500)
+
+
+async def complete_with_retries(client: Any, retries: int = RETRIES, **request: Any) -> Any:
+    """``chat.completions.create`` with backoff on retryable errors."""
+    for attempt in range(retries + 1):
+        try:
+            return await client.chat.completions.create(**request)
+        except Exception as e:
+            if attempt == retries or not retryable(e):
+                raise
+            await asyncio.sleep(BACKOFF_S * 2**attempt * (0.5 + random.random()))
+    raise AssertionError("unreachable")
 
 
 def list_models(endpoint: str, api_key: str | None = None) -> dict[str, dict]:
@@ -41,7 +69,7 @@ def list_models(endpoint: str, api_key: str | None = None) -> dict[str, dict]:
     import openai
 
     async def fetch() -> dict[str, dict]:
-        client = make_client(endpoint, api_key, timeout=10, retries=2)
+        client = make_client(endpoint, api_key, timeout=10)
         async with client:
             page = await client.models.list()
             return {m.id: m.model_dump() for m in page.data}
@@ -75,13 +103,16 @@ async def _generate_all(
     out: Path,
     concurrency: int,
     progress: Any,
+    retries: int,
 ) -> None:
     semaphore = asyncio.Semaphore(concurrency)
 
     async def one(item: EvalItem) -> dict:
         async with semaphore:
             started = time.perf_counter()
-            response = await client.chat.completions.create(
+            response = await complete_with_retries(
+                client,
+                retries,
                 model=model,
                 messages=item.messages,
                 temperature=sampling.temperature,
@@ -133,9 +164,9 @@ def generate(
             progress()
 
     async def run() -> None:
-        client = make_client(endpoint, api_key, timeout, retries)
+        client = make_client(endpoint, api_key, timeout)
         async with client:
-            await _generate_all(todo, model, client, sampling, out, concurrency, progress)
+            await _generate_all(todo, model, client, sampling, out, concurrency, progress, retries)
 
     if todo:
         try:

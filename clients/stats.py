@@ -3,7 +3,12 @@
 Binary scores: difference in proportions with a paired bootstrap interval and the
 exact McNemar test (two-sided binomial test on the discordant pairs). Continuous
 scores: mean difference with a paired bootstrap interval and a paired sign-flip
-permutation test. All tests are two-sided.
+permutation test. Pairwise judge outcomes: win rate (ties count half) with a bootstrap
+interval and a sign test on wins against losses. All tests are two-sided.
+
+Verdicts: **better** (significant gain), **non-inferior** (not better, but the whole
+interval of the gain lies above ``-margin``; only when a margin is given), **worse**
+(significant loss), **inconclusive** (none of these).
 """
 
 from __future__ import annotations
@@ -27,6 +32,17 @@ class Comparison:
     regressed: int
     n: int
     verdict: str
+    margin: float | None = None
+    higher_is_better: bool = True
+    improved_examples: list[str] | None = None
+    regressed_examples: list[str] | None = None
+
+    def adjust(self, p_value: float, alpha: float) -> None:
+        """Take a multiplicity-adjusted p-value and decide the verdict again."""
+        self.p_value = p_value
+        sign = 1 if self.higher_is_better else -1
+        gain_low = self.ci_low if self.higher_is_better else -self.ci_high
+        self.verdict = verdict(p_value, sign * self.diff, gain_low, alpha, self.margin)
 
     def as_dict(self) -> dict:
         return dict(self.__dict__)
@@ -77,6 +93,17 @@ def holm(p_values: list[float]) -> list[float]:
     return adjusted
 
 
+def verdict(p: float, gain: float, gain_low: float, alpha: float, margin: float | None) -> str:
+    """``gain`` and ``gain_low`` (interval bound) are oriented so that positive is good."""
+    if p < alpha and gain > 0:
+        return "better"
+    if margin is not None and gain_low > -margin:
+        return "non-inferior"
+    if p < alpha and gain < 0:
+        return "worse"
+    return "inconclusive"
+
+
 def compare(
     metric: str,
     kind: str,
@@ -84,6 +111,7 @@ def compare(
     adapter: list[float],
     alpha: float = 0.05,
     higher_is_better: bool = True,
+    margin: float | None = None,
 ) -> Comparison:
     """Compare paired per-item scores of the base and an adapter."""
     if len(base) != len(adapter) or not base:
@@ -95,7 +123,7 @@ def compare(
     lo, hi = bootstrap_ci(diffs)
     mean_diff = sum(diffs) / len(diffs)
     gain = mean_diff if higher_is_better else -mean_diff
-    verdict = "inconclusive" if p >= alpha else ("better" if gain > 0 else "worse")
+    gain_low = lo if higher_is_better else -hi
     return Comparison(
         metric,
         kind,
@@ -108,5 +136,32 @@ def compare(
         improved,
         regressed,
         len(diffs),
-        verdict,
+        verdict(p, gain, gain_low, alpha, margin),
+        margin,
+        higher_is_better,
+    )
+
+
+def judge_compare(outcomes: list[float], alpha: float = 0.05, margin: float | None = None) -> Comparison:
+    """Pairwise judge outcomes per item: 1 adapter wins, 0.5 tie, 0 base wins."""
+    wins = sum(o == 1 for o in outcomes)
+    losses = sum(o == 0 for o in outcomes)
+    p = mcnemar_exact(wins, losses)  # the sign test: a binomial test on the non-tied items
+    centred = [o - 0.5 for o in outcomes]
+    lo, hi = bootstrap_ci(centred)
+    rate = sum(outcomes) / len(outcomes)
+    return Comparison(
+        "judge_win_rate",
+        "judge",
+        0.5,
+        rate,
+        rate - 0.5,
+        lo,
+        hi,
+        p,
+        wins,
+        losses,
+        len(outcomes),
+        verdict(p, rate - 0.5, lo, alpha, margin),
+        margin,
     )

@@ -445,29 +445,11 @@ def serve(
         server.stop()
 
 
-def _eval_settings(
-    endpoint: str,
-    data: str,
-    out: str,
-    scorers: tuple[str, ...],
-    api_key: str | None,
-    limit: int | None,
-    concurrency: int,
-    max_tokens: int,
-) -> Any:
+def _eval_settings(scorers: tuple[str, ...], max_tokens: int, **options: Any) -> Any:
     from tuneship.clients.evaluate import EvalSettings
     from tuneship.clients.runner import Sampling
 
-    return EvalSettings(
-        endpoint=endpoint,
-        data=data,
-        out=out,
-        scorers=list(scorers),
-        api_key=api_key,
-        limit=limit,
-        concurrency=concurrency,
-        sampling=Sampling(max_tokens=max_tokens),
-    )
+    return EvalSettings(scorers=list(scorers), sampling=Sampling(max_tokens=max_tokens), **options)
 
 
 def eval_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -495,6 +477,19 @@ def eval_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         click.option("--limit", type=int, help="only the first N items"),
         click.option("--concurrency", default=16, show_default=True, help="requests in flight"),
         click.option("--max-tokens", default=128, show_default=True, help="maximum tokens per answer"),
+        click.option("--timeout", default=120.0, show_default=True, help="seconds per request"),
+        click.option(
+            "--retries",
+            default=5,
+            show_default=True,
+            help="retries on 429/5xx/connection errors (with backoff)",
+        ),
+        click.option(
+            "--latency-requests",
+            default=32,
+            show_default=True,
+            help="fresh streamed requests per model for latency (0: skip)",
+        ),
     ]
     for option in reversed(options):
         fn = option(fn)
@@ -515,14 +510,41 @@ def eval_(model: str, out: str | None, **kwargs: Any) -> None:
     click.echo(f"Report: {summary['report']}")
 
 
+FAIL_IF = {
+    "worse": ("worse",),
+    "not-better": ("worse", "inconclusive", "non-inferior"),
+    "inconclusive": ("worse", "inconclusive"),
+}
+
+
 @cli.command()
 @click.option("--base", required=True, help="served name of the base model")
-@click.option("--adapter", "adapters", multiple=True, required=True, help="served adapter name (repeatable)")
+@click.option(
+    "--adapter",
+    "adapters",
+    multiple=True,
+    required=True,
+    help="served adapter name (repeatable; the base's own name runs an A/A check)",
+)
 @click.option("--alpha", default=0.05, show_default=True, help="significance level")
+@click.option("--margin", type=float, help="non-inferiority margin, in the primary metric's units")
+@click.option("--judge-endpoint", help="OpenAI-compatible URL of a pairwise judge model (optional)")
+@click.option("--judge-model", help="judge model name at --judge-endpoint")
+@click.option("--judge-api-key", envvar="TUNESHIP_JUDGE_API_KEY", help="judge endpoint's key")
+@click.option(
+    "--fail-if",
+    type=click.Choice(list(FAIL_IF)),
+    help="exit 1 when an adapter's primary-metric verdict is this (a CI gate)",
+)
 @eval_options
 @friendly_errors
-def ab(base: str, adapters: tuple[str, ...], alpha: float, out: str | None, **kwargs: Any) -> None:
-    """A/B compare adapters with their base model on the same items (paired statistics)."""
+def ab(
+    base: str, adapters: tuple[str, ...], alpha: float, out: str | None, fail_if: str | None, **kwargs: Any
+) -> None:
+    """A/B compare adapters with their base model on the same items (paired statistics + latency).
+
+    Writes report.md, report.html, results.json and samples.jsonl under --out.
+    """
     from tuneship.clients.evaluate import ab_compare
     from tuneship.clients.report import ab_table
 
@@ -530,7 +552,19 @@ def ab(base: str, adapters: tuple[str, ...], alpha: float, out: str | None, **kw
     for warning in result["warnings"]:
         click.secho(warning, fg="red", err=True)
     click.echo(ab_table(result))
+    for adapter, ratio in result["latency_ratio"].items():
+        click.echo(f"Latency {adapter}/{base}: " + ", ".join(f"{k} {v:.2f}x" for k, v in ratio.items()))
     click.echo(f"Report: {result['report']}")
+    if fail_if:
+        primary = result["primary_metric"]
+        failing = [
+            a
+            for a, cs in result["comparisons"].items()
+            for c in cs
+            if c["metric"] == primary and c["verdict"] in FAIL_IF[fail_if]
+        ]
+        if failing:
+            raise click.ClickException(f"--fail-if {fail_if}: {', '.join(failing)} on {primary}")
 
 
 @cli.command()

@@ -1,5 +1,6 @@
 """Integration: eval and A/B against the shared live vLLM server through the openai client."""
 
+import contextlib
 import json
 
 import pytest
@@ -18,22 +19,105 @@ def eval_file(tmp_path, ticket_rows):
     return path
 
 
-def test_ab_report_pairs_items_and_writes_markdown(live_server, eval_file, tmp_path):
+def test_ab_of_the_trained_adapter_says_better_and_writes_every_report(live_server, ticket_rows, tmp_path):
+    data = tmp_path / "eval.jsonl"
+    rows = [
+        {**r, "tags": ["short" if len(r["messages"][1]["content"]) < 120 else "long"]}
+        for r in ticket_rows[:40]
+    ]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    settings = EvalSettings(
+        endpoint=live_server.url,
+        api_key=API_KEY,
+        data=str(data),
+        out=str(tmp_path / "ab"),
+        scorers=["chrf", "json_valid"],
+        sampling=Sampling(max_tokens=24),
+        latency_requests=6,
+        concurrency=4,
+    )
+    result = ab_compare(settings, "tiny-base", ["tiny-adapter"])
+    chrf = result["comparisons"]["tiny-adapter"][0]
+    assert chrf["metric"] == "chrf" and chrf["n"] == 40
+    assert chrf["verdict"] == "better" and chrf["ci_low"] > 0, chrf
+    assert chrf["improved"] > chrf["regressed"] and chrf["improved_examples"]
+    assert set(result["by_tag"]["tiny-adapter"]) == {"short", "long"}
+    assert not result["warnings"], "the adapter changes outputs, so no 'not applied' warning"
+    for arm in ("tiny-base", "tiny-adapter"):
+        lat = result["latency"][arm]
+        assert (
+            lat["requests"] == 6 and lat["failed"] == 0 and lat["ttft_p50_ms"] > 0 and lat["e2e_p99_ms"] > 0
+        )
+    assert result["latency_ratio"]["tiny-adapter"]["e2e_p50_ms"] > 0
+    out = tmp_path / "ab"
+    results = json.loads((out / "results.json").read_text())
+    assert results["schema_version"] == 1 and results["primary_metric"] == "chrf"
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    assert len(samples) == 80 and {"id", "arm", "output", "scores", "tags"} <= set(samples[0])
+    report = (out / "report.md").read_text()
+    assert "| tiny-adapter | chrf |" in report and "TTFT p50" in report and "## By tag" in report
+    page = (out / "report.html").read_text()
+    assert page.startswith("<!doctype html>") and page.count("<svg") == 3 and "src=" not in page
+
+
+def test_a_a_check_of_the_base_against_itself_finds_no_difference(live_server, eval_file, tmp_path):
     settings = EvalSettings(
         endpoint=live_server.url,
         api_key=API_KEY,
         data=str(eval_file),
-        out=str(tmp_path / "ab"),
-        sampling=Sampling(max_tokens=16),
+        out=str(tmp_path / "aa"),
+        sampling=Sampling(max_tokens=12),
+        latency_requests=0,
+    )
+    result = ab_compare(settings, "tiny-base", ["tiny-base"])
+    assert all(
+        c["verdict"] == "inconclusive" and c["p_value"] == 1.0 for c in result["comparisons"]["tiny-base"]
+    )
+    assert not result["warnings"]
+
+
+def test_pairwise_judge_reports_win_rate_and_position_consistency(live_server, eval_file, tmp_path):
+    settings = EvalSettings(
+        endpoint=live_server.url,
+        api_key=API_KEY,
+        data=str(eval_file),
+        out=str(tmp_path / "judged"),
+        sampling=Sampling(max_tokens=12),
+        latency_requests=0,
+        judge_endpoint=live_server.url,
+        judge_model="tiny-alt",
+        judge_api_key=API_KEY,
     )
     result = ab_compare(settings, "tiny-base", ["tiny-adapter"])
-    comparisons = result["comparisons"]["tiny-adapter"]
-    assert [c["metric"] for c in comparisons] == ["json_equal", "json_fields", "json_valid"]
-    assert all(c["n"] == 12 and 0 <= c["p_value"] <= 1 for c in comparisons)
-    report = (tmp_path / "ab" / "report.md").read_text()
-    assert "| tiny-adapter | json_equal |" in report and "scores.svg" in report
-    assert (tmp_path / "ab" / "scores.svg").read_text().startswith("<svg")
-    assert not result["warnings"], "the adapter changes outputs, so no 'not applied' warning"
+    judged = result["comparisons"]["tiny-adapter"][-1]
+    assert judged["metric"] == "judge_win_rate" and judged["kind"] == "judge" and judged["n"] == 12
+    summary = result["judge"]["tiny-adapter"]
+    assert summary["wins"] + summary["ties"] + summary["losses"] == 12
+    assert 0 <= summary["position_consistency"] <= 1
+    assert "Judge tiny-alt on tiny-adapter" in (tmp_path / "judged" / "report.md").read_text()
+
+
+def test_fail_if_gate_sets_the_exit_code(live_server, eval_file, tmp_path):
+    import subprocess
+    import sys
+
+    command = [
+        sys.executable,
+        "-m",
+        "tuneship.cli",
+        "ab",
+        "--endpoint",
+        live_server.url,
+        "--api-key",
+        API_KEY,
+    ]
+    command += ["--data", str(eval_file), "--base", "tiny-base", "--adapter", "tiny-base"]
+    command += ["--out", str(tmp_path / "gate"), "--max-tokens", "8", "--latency-requests", "0"]
+    passing = subprocess.run([*command, "--fail-if", "worse"], capture_output=True, text=True)
+    assert passing.returncode == 0, passing.stderr
+    failing = subprocess.run([*command, "--fail-if", "not-better"], capture_output=True, text=True)
+    assert failing.returncode == 1 and "--fail-if not-better: tiny-base" in failing.stderr
+    assert "Traceback" not in failing.stderr
 
 
 def test_eval_resumes_without_redoing_finished_items(live_server, eval_file, tmp_path):
@@ -43,6 +127,7 @@ def test_eval_resumes_without_redoing_finished_items(live_server, eval_file, tmp
         data=str(eval_file),
         out=str(tmp_path / "ev"),
         sampling=Sampling(max_tokens=8),
+        latency_requests=4,
     )
     answers = tmp_path / "ev" / "answers" / "tiny-base.jsonl"
     first = evaluate(settings, "tiny-base")
@@ -86,3 +171,74 @@ def test_training_formats_are_accepted_as_eval_data(tmp_path):
     path.write_text("{bad\n")
     with pytest.raises(EvalError, match=f"{path}:1:"):
         load_items(path)
+
+
+@contextlib.contextmanager
+def flaky_proxy(upstream: str, fail_every: int = 3):
+    """A real HTTP proxy in front of the server that answers every Nth POST with a 503."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import httpx
+
+    stats = {"posts": 0, "failed": 0}
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def _forward(self, method):
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0) or 0))
+            if method == "POST":
+                with lock:
+                    stats["posts"] += 1
+                    fail = stats["posts"] % fail_every == 0
+                    stats["failed"] += fail
+                if fail:
+                    self.send_response(503)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+            headers = {
+                k: v for k, v in self.headers.items() if k.lower() in ("authorization", "content-type")
+            }
+            reply = httpx.request(
+                method, upstream + self.path.removeprefix("/v1"), content=body, headers=headers
+            )
+            self.send_response(reply.status_code)
+            self.send_header("Content-Type", reply.headers.get("content-type", "application/json"))
+            self.send_header("Content-Length", str(len(reply.content)))
+            self.end_headers()
+            self.wfile.write(reply.content)
+
+        def do_GET(self):
+            self._forward("GET")
+
+        def do_POST(self):
+            self._forward("POST")
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1", stats
+    finally:
+        server.shutdown()
+
+
+def test_a_server_that_fails_some_requests_mid_run_still_completes(live_server, eval_file, tmp_path):
+    with flaky_proxy(live_server.url) as (url, stats):
+        settings = EvalSettings(
+            endpoint=url,
+            api_key=API_KEY,
+            data=str(eval_file),
+            out=str(tmp_path / "flaky"),
+            sampling=Sampling(max_tokens=8),
+            latency_requests=0,
+            concurrency=4,
+        )
+        summary = evaluate(settings, "tiny-base")
+    assert summary["items"] == 12 and stats["failed"] >= 4
+    answers = (tmp_path / "flaky" / "answers" / "tiny-base.jsonl").read_text().splitlines()
+    assert len(answers) == 12 and len({json.loads(a)["id"] for a in answers}) == 12

@@ -50,7 +50,124 @@ def test_json_scorers():
     assert SCORERS["json_fields"]("not json", ref) == 0
     assert SCORERS["json_valid"]("[1, 2]", ref) == 1
     assert default_scorers(ref) == ["json_equal", "json_fields", "json_valid"]
-    assert default_scorers(["Paris"]) == ["exact", "normalized"]
+    assert default_scorers(["Paris"]) == ["exact", "normalized", "rouge_l"]
     assert SCORERS["normalized"]("paris!", ["Paris"]) == 1 and SCORERS["exact"]("paris", ["Paris"]) == 0
     assert all(s.kind in ("binary", "continuous") for s in SCORERS.values())
     assert not math.isnan(SCORERS["json_fields"]("{}", ref))
+
+
+def test_mcnemar_agrees_with_scipy_binomtest():
+    from scipy.stats import binomtest
+
+    for improved, regressed in [(1, 0), (7, 3), (30, 2), (12, 12), (0, 9), (50, 37)]:
+        expected = binomtest(improved, improved + regressed, 0.5).pvalue
+        assert mcnemar_exact(improved, regressed) == pytest.approx(expected, rel=1e-9)
+
+
+def test_bootstrap_interval_covers_a_known_effect_about_95_percent_of_the_time():
+    import random
+
+    rng = random.Random(1)
+    covered, trials = 0, 200
+    for t in range(trials):
+        diffs = [rng.gauss(0.3, 1.0) for _ in range(80)]
+        lo, hi = bootstrap_ci(diffs, resamples=1000, seed=t)
+        covered += lo <= 0.3 <= hi
+    assert 0.90 <= covered / trials <= 0.99
+
+
+def test_non_inferiority_needs_the_whole_interval_above_minus_margin():
+    base = [1.0] * 50
+    slightly_worse = [1.0] * 49 + [0.0]
+    c = compare("exact", "binary", base, slightly_worse, margin=0.1)
+    assert c.verdict == "non-inferior" and c.ci_low > -0.1
+    much_worse = [0.0] * 30 + [1.0] * 20
+    assert compare("exact", "binary", base, much_worse, margin=0.1).verdict == "worse"
+    assert compare("exact", "binary", base, slightly_worse).verdict == "inconclusive"
+
+
+def test_lower_is_better_metrics_flip_the_direction():
+    c = compare(
+        "errors", "continuous", [2.0 + 0.01 * i for i in range(30)], [1.0] * 30, higher_is_better=False
+    )
+    assert c.verdict == "better" and c.improved == 30
+
+
+def test_judge_outcomes_need_both_orders_to_agree():
+    from tuneship.clients.judge import outcome, parse_choice
+    from tuneship.clients.stats import judge_compare
+
+    assert outcome("A", "B") == (1.0, True)  # adapter first and chosen, base first and not chosen
+    assert outcome("B", "A") == (0.0, True)
+    assert outcome("A", "A") == (0.5, False)  # always the first position: a tie, inconsistent
+    assert outcome("TIE", "TIE") == (0.5, True)
+    assert outcome(None, "B") == (0.5, False)
+    assert [parse_choice(r) for r in ("A", " b.", "Tie", "Answer A is better", "neither")] == [
+        "A",
+        "B",
+        "TIE",
+        "A",
+        None,
+    ]
+    c = judge_compare([1.0] * 20 + [0.5] * 5 + [0.0] * 2)
+    assert (c.improved, c.regressed) == (20, 2) and c.verdict == "better"
+    assert c.p_value == pytest.approx(mcnemar_exact(20, 2))
+    assert c.adapter_mean == pytest.approx((20 + 2.5) / 27)
+
+
+def test_a_a_comparison_is_never_significant():
+    scores = [1.0, 0.0, 1.0, 1.0, 0.0] * 10
+    for kind in ("binary", "continuous"):
+        c = compare("m", kind, scores, list(scores))
+        assert c.p_value == 1.0 and c.verdict == "inconclusive"
+
+
+def test_every_scorer_declares_kind_and_direction_and_scores_known_cases():
+    from tuneship.clients.scorers import make_scorer
+
+    assert all(s.kind in ("binary", "continuous") and s.higher_is_better for s in SCORERS.values())
+    cases = {
+        "exact": ("Paris", ["Paris"], 1.0),
+        "exact:casefold,nopunct": ("paris!", ["Paris"], 1.0),
+        "contains": ("It is Paris.", ["Paris"], 1.0),
+        "regex:^\\d+$": ("123", ["x"], 1.0),
+        "numeric:0.01": ("about 100.5", ["100"], 1.0),
+        "numeric": ("about 100.5", ["100"], 0.0),
+        "json_valid": ('{"a": 1}', ["x"], 1.0),
+    }
+    for spec, (output, refs, expected) in cases.items():
+        assert make_scorer(spec)(output, refs) == expected, spec
+    assert make_scorer("rouge_l")("the cat sat", ["the cat sat"]) == pytest.approx(1.0)
+    assert make_scorer("bleu")("the cat sat on the mat", ["the cat sat on the mat"]) == pytest.approx(100.0)
+    assert 0 < make_scorer("chrf")("the cat sat", ["the cat sat on the mat"]) < 100
+    with pytest.raises(ValueError, match="unknown scorer"):
+        make_scorer("nope")
+
+
+def test_json_schema_scorer(tmp_path):
+    from tuneship.clients.scorers import make_scorer
+
+    schema = tmp_path / "s.json"
+    schema.write_text(
+        '{"type": "object", "required": ["category"], "properties": {"category": {"enum": ["bug"]}}}'
+    )
+    scorer = make_scorer(f"json_schema:{schema}")
+    assert scorer('{"category": "bug"}', []) == 1.0 and scorer('{"category": "x"}', []) == 0.0
+    assert scorer("nope", []) == 0.0
+
+
+def test_only_rate_limits_server_errors_and_lost_connections_are_retried():
+    import httpx
+    import openai
+
+    from tuneship.clients.runner import retryable
+
+    request = httpx.Request("POST", "http://x/v1/chat/completions")
+
+    def status(code):
+        return openai.APIStatusError("e", response=httpx.Response(code, request=request), body=None)
+
+    assert retryable(status(429)) and retryable(status(500)) and retryable(status(503))
+    assert not retryable(status(400)) and not retryable(status(404)) and not retryable(status(408))
+    assert retryable(openai.APIConnectionError(request=request))
+    assert not retryable(ValueError("x"))

@@ -1,0 +1,119 @@
+"""Pairwise LLM judge on a separate endpoint, asked in both answer orders.
+
+For each item the judge sees the request and two answers, once with the adapter's
+answer first and once with the base's first, and names the better one ("A" or "B", or
+"TIE"). The adapter wins an item only when both orders prefer it, loses only when both
+prefer the base; anything else (a tie, an unreadable reply, or a preference that follows
+the position rather than the answer) is a tie. Position consistency — the share of items
+where both orders agree — is reported: a judge that mostly picks a position is not
+measuring quality.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from tuneship.clients.data import EvalItem
+from tuneship.clients.runner import complete_with_retries, make_client
+
+JUDGE_SYSTEM = (
+    "You are an impartial judge. Compare two answers to the same request and decide which one "
+    "answers it better (correct, complete, follows the instructions). Reply with exactly one "
+    "word: A, B, or TIE."
+)
+
+
+def judge_prompt(item: EvalItem, first: str, second: str) -> list[dict]:
+    request = "\n".join(f"{m['role']}: {m['content']}" for m in item.messages)
+    reference = f"\n\nA reference answer: {item.references[0]}" if item.references else ""
+    answers = f"Answer A:\n{first}\n\nAnswer B:\n{second}"
+    content = f"Request:\n{request}{reference}\n\n{answers}\n\nWhich is better?"
+    return [{"role": "system", "content": JUDGE_SYSTEM}, {"role": "user", "content": content}]
+
+
+def parse_choice(reply: str) -> str | None:
+    """'A', 'B', 'TIE', or None when the reply names none of them first."""
+    match = re.search(r"\b(A|B|TIE)\b", reply.strip().upper())
+    return match.group(1) if match else None
+
+
+def outcome(adapter_first: str | None, base_first: str | None) -> tuple[float, bool]:
+    """(1 adapter wins / 0.5 tie / 0 base wins, whether both orders agree)."""
+    adapter_votes = (adapter_first == "A") + (base_first == "B")
+    base_votes = (adapter_first == "B") + (base_first == "A")
+    consistent = (adapter_first, base_first) in (("A", "B"), ("B", "A"), ("TIE", "TIE"))
+    if adapter_votes == 2:
+        return 1.0, consistent
+    if base_votes == 2:
+        return 0.0, consistent
+    return 0.5, consistent
+
+
+@dataclass
+class JudgeResult:
+    model: str
+    outcomes: dict[str, float]  # item id -> 1 / 0.5 / 0
+    consistent: dict[str, bool]
+    unparsed: int
+
+    @property
+    def position_consistency(self) -> float:
+        return sum(self.consistent.values()) / max(1, len(self.consistent))
+
+
+def judge_pairs(
+    items: list[EvalItem],
+    base_answers: dict[str, dict],
+    adapter_answers: dict[str, dict],
+    endpoint: str,
+    model: str,
+    api_key: str | None = None,
+    concurrency: int = 8,
+    timeout: float = 120,
+) -> JudgeResult:
+    """Judge every item in both orders on ``endpoint`` (temperature 0)."""
+
+    async def run() -> JudgeResult:
+        semaphore = asyncio.Semaphore(concurrency)
+        client = make_client(endpoint, api_key, timeout)
+        unparsed = 0
+
+        async def ask(item: EvalItem, first: str, second: str) -> str | None:
+            nonlocal unparsed
+            async with semaphore:
+                messages = judge_prompt(item, first, second)
+                reply = await complete_with_retries(
+                    client, model=model, messages=messages, temperature=0, max_tokens=4
+                )
+            choice = parse_choice(reply.choices[0].message.content or "")
+            unparsed += choice is None
+            return choice
+
+        async def one(item: EvalItem) -> tuple[str, float, bool]:
+            base, adapter = base_answers[item.id]["output"], adapter_answers[item.id]["output"]
+            adapter_first, base_first = await asyncio.gather(
+                ask(item, adapter, base), ask(item, base, adapter)
+            )
+            score, consistent = outcome(adapter_first, base_first)
+            return item.id, score, consistent
+
+        async with client:
+            results = await asyncio.gather(*(one(item) for item in items))
+        return JudgeResult(model, {i: s for i, s, _ in results}, {i: c for i, _, c in results}, unparsed)
+
+    return asyncio.run(run())
+
+
+def judge_summary(result: JudgeResult) -> dict[str, Any]:
+    values = list(result.outcomes.values())
+    return {
+        "judge_model": result.model,
+        "wins": sum(v == 1 for v in values),
+        "ties": sum(v == 0.5 for v in values),
+        "losses": sum(v == 0 for v in values),
+        "position_consistency": round(result.position_consistency, 4),
+        "unparsed_replies": result.unparsed,
+    }
