@@ -100,7 +100,7 @@ def _torch_dtype(name: str) -> Any:
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
 
 
-def _load_peft(base: BaseModel, adapter: Path) -> Any:
+def load_peft(base: BaseModel, adapter: Path) -> Any:
     import torch
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
@@ -175,7 +175,7 @@ def export_merged(
     tokenizer = AutoTokenizer.from_pretrained(base.path)
     if template:
         tokenizer.chat_template = template  # the template the examples were trained with
-    peft_model = _load_peft(base, adapter)
+    peft_model = load_peft(base, adapter)
     peft_model.eval()
     reference = last_logits(peft_model, tokenizer, PARITY_PROMPTS)
     merged = peft_model.merge_and_unload()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 from pathlib import Path
@@ -25,7 +26,12 @@ API_KEY = "test-key-123"
 
 
 def make_adapter(
-    base_path: Path, out: Path, rank: int = 8, seed: int = 0, base_sha256: str | None = None
+    base_path: Path,
+    out: Path,
+    rank: int = 8,
+    seed: int = 0,
+    base_sha256: str | None = None,
+    random: bool = True,
 ) -> Path:
     """A real PEFT LoRA adapter with random non-zero weights, plus tuneship lineage naming its base."""
     import torch
@@ -37,10 +43,67 @@ def make_adapter(
     out = Path(out)
     torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
-    config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules="all-linear", init_lora_weights=False)
+    # init_lora_weights=False: random non-zero B, so the adapter changes outputs; True: B = 0, a no-op.
+    config = LoraConfig(
+        r=rank, lora_alpha=2 * rank, target_modules="all-linear", init_lora_weights=not random
+    )
     get_peft_model(model, config).save_pretrained(out)
     base = resolve_base(str(base_path))
     identity = {**base.identity(), "weights_sha256": base_sha256 or base.weights_sha256}
     lineage = {"kind": "adapter", "method": "lora", "base_model": identity}
     (out / "tuneship.json").write_text(json.dumps(lineage))
     return out
+
+
+@contextlib.contextmanager
+def flaky_proxy(upstream: str, fail_every: int = 3):
+    """A real HTTP proxy in front of the server that answers every Nth POST with a 503."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    import httpx
+
+    stats = {"posts": 0, "failed": 0}
+    lock = threading.Lock()
+
+    class Handler(BaseHTTPRequestHandler):
+        def log_message(self, *args):
+            pass
+
+        def _forward(self, method):
+            body = self.rfile.read(int(self.headers.get("Content-Length", 0) or 0))
+            if method == "POST":
+                with lock:
+                    stats["posts"] += 1
+                    fail = stats["posts"] % fail_every == 0
+                    stats["failed"] += fail
+                if fail:
+                    self.send_response(503)
+                    self.send_header("Content-Length", "0")
+                    self.end_headers()
+                    return
+            headers = {
+                k: v for k, v in self.headers.items() if k.lower() in ("authorization", "content-type")
+            }
+            reply = httpx.request(
+                method, upstream + self.path.removeprefix("/v1"), content=body, headers=headers
+            )
+            self.send_response(reply.status_code)
+            self.send_header("Content-Type", reply.headers.get("content-type", "application/json"))
+            self.send_header("Content-Length", str(len(reply.content)))
+            self.end_headers()
+            self.wfile.write(reply.content)
+
+        def do_GET(self):
+            self._forward("GET")
+
+        def do_POST(self):
+            self._forward("POST")
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/v1", stats
+    finally:
+        server.shutdown()

@@ -81,6 +81,12 @@ def trained_spans(
     return text, spans
 
 
+def render_prompt(messages: list[dict], tokenizer: Any, chat_template: str | None = None) -> list[int]:
+    """Token ids of a prompt exactly as training rendered the context before an assistant turn."""
+    text = _template(messages, tokenizer, chat_template, generation_prompt=True)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
 def render(
     messages: list[dict], tokenizer: Any, chat_template: str | None = None, loss_on: str = "assistant"
 ) -> tuple[list[int], list[int], str]:

@@ -569,6 +569,38 @@ def ab(
 
 @cli.command()
 @click.option(
+    "--run", "run", required=True, type=click.Path(exists=True, file_okay=False), help="the training run"
+)
+@click.option("--model", required=True, help="served name of the adapter (or merged model) to check")
+@click.option("--base-model", help="served name of the base model (default: the model's parent)")
+@click.option(
+    "--endpoint",
+    envvar="TUNESHIP_ENDPOINT",
+    default="http://127.0.0.1:8000/v1",
+    show_default=True,
+    help="OpenAI-compatible base URL",
+)
+@click.option("--api-key", envvar="TUNESHIP_API_KEY", help="the server's API key")
+@click.option("--samples", default=16, show_default=True, help="conversations per check")
+@click.option("--max-tokens", default=64, show_default=True, help="greedy tokens per answer")
+@click.option("--min-agreement", default=0.75, show_default=True, help="share of answers that must match")
+@click.option("--out", help="where fidelity.json/.md go (default: RUN/fidelity)")
+@friendly_errors
+def verify(**options: Any) -> None:
+    """Check that a served model is what the run trained: template, stopping, agreement, applied.
+
+    Exits 1 when a check fails (a CI gate); a check the server cannot support is "not checked".
+    """
+    from tuneship.clients.fidelity import FidelitySettings, verify_fidelity
+
+    result = verify_fidelity(FidelitySettings(**options))
+    click.echo((Path(result["report"])).read_text())
+    if result["verdict"] != "passed":
+        raise click.ClickException(f"fidelity failed: {', '.join(result['failed'])} (see {result['report']})")
+
+
+@cli.command()
+@click.option(
     "--workdir",
     default=".",
     show_default=True,

@@ -22,6 +22,7 @@ ADAPTER_NAME = "tickets"
 
 def run_demo(workdir: Path, max_steps: int | None = None, port: int = 8011) -> dict:
     from tuneship.clients.evaluate import EvalSettings, ab_compare
+    from tuneship.clients.fidelity import FidelitySettings, verify_fidelity
     from tuneship.clients.report import ab_table
     from tuneship.clients.runner import Sampling
     from tuneship.config import load_config
@@ -38,7 +39,7 @@ def run_demo(workdir: Path, max_steps: int | None = None, port: int = 8011) -> d
         raise TuneshipError(f"example data missing in {EXAMPLES}; run: python examples/make_tickets.py")
 
     def step(n: int, text: str) -> None:
-        console.rule(f"[bold]{n}/5 {text}[/] ({time.time() - started:.0f}s)")
+        console.rule(f"[bold]{n}/6 {text}[/] ({time.time() - started:.0f}s)")
 
     step(1, "Base model")
     base = resolve_base("default")
@@ -83,9 +84,19 @@ def run_demo(workdir: Path, max_steps: int | None = None, port: int = 8011) -> d
             data=str(eval_file),
             out=str(workdir / "reports" / config.name),
             sampling=Sampling(max_tokens=64),
+            latency_requests=16,
         )
         _clear_answers(Path(settings.out))
         result = ab_compare(settings, base.name, [ADAPTER_NAME])
+        step(6, "Fidelity: is the served adapter what was trained?")
+        fidelity = verify_fidelity(
+            FidelitySettings(
+                run=str(run.run_dir),
+                endpoint=server.url,
+                model=ADAPTER_NAME,
+                out=str(workdir / "reports" / config.name / "fidelity"),
+            )
+        )
     finally:
         server.stop()
     console.rule(f"[bold]Result[/] ({time.time() - started:.0f}s)")
@@ -98,8 +109,14 @@ def run_demo(workdir: Path, max_steps: int | None = None, port: int = 8011) -> d
         f"\nThe adapter {verdict} the base on {primary['metric']}: "
         f"{primary['adapter_mean']:.1%} vs {primary['base_mean']:.1%} (p = {primary['p_value']:.2g})."
     )
-    console.print(f"adapter: {run.adapter_dir}\nexport:  {export.out}\nreport:  {result['report']}")
-    return {"run": run, "export": export, "ab": result}
+    checks = ", ".join(f"{name} {c['status']}" for name, c in fidelity["checks"].items())
+    colour = "green" if fidelity["verdict"] == "passed" else "red"
+    console.print(f"Fidelity [{colour}]{fidelity['verdict']}[/]: {checks}")
+    console.print(
+        f"adapter:  {run.adapter_dir}\nexport:   {export.out}\nreport:   {result['report']}\n"
+        f"fidelity: {fidelity['report']}"
+    )
+    return {"run": run, "export": export, "ab": result, "fidelity": fidelity}
 
 
 def _clear_answers(out: Path) -> None:

@@ -1,10 +1,9 @@
 """Integration: eval and A/B against the shared live vLLM server through the openai client."""
 
-import contextlib
 import json
 
 import pytest
-from helpers import API_KEY
+from helpers import API_KEY, flaky_proxy
 
 from tuneship.clients.data import load_items
 from tuneship.clients.evaluate import EvalSettings, ab_compare, check_adapters, evaluate
@@ -171,60 +170,6 @@ def test_training_formats_are_accepted_as_eval_data(tmp_path):
     path.write_text("{bad\n")
     with pytest.raises(EvalError, match=f"{path}:1:"):
         load_items(path)
-
-
-@contextlib.contextmanager
-def flaky_proxy(upstream: str, fail_every: int = 3):
-    """A real HTTP proxy in front of the server that answers every Nth POST with a 503."""
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-
-    import httpx
-
-    stats = {"posts": 0, "failed": 0}
-    lock = threading.Lock()
-
-    class Handler(BaseHTTPRequestHandler):
-        def log_message(self, *args):
-            pass
-
-        def _forward(self, method):
-            body = self.rfile.read(int(self.headers.get("Content-Length", 0) or 0))
-            if method == "POST":
-                with lock:
-                    stats["posts"] += 1
-                    fail = stats["posts"] % fail_every == 0
-                    stats["failed"] += fail
-                if fail:
-                    self.send_response(503)
-                    self.send_header("Content-Length", "0")
-                    self.end_headers()
-                    return
-            headers = {
-                k: v for k, v in self.headers.items() if k.lower() in ("authorization", "content-type")
-            }
-            reply = httpx.request(
-                method, upstream + self.path.removeprefix("/v1"), content=body, headers=headers
-            )
-            self.send_response(reply.status_code)
-            self.send_header("Content-Type", reply.headers.get("content-type", "application/json"))
-            self.send_header("Content-Length", str(len(reply.content)))
-            self.end_headers()
-            self.wfile.write(reply.content)
-
-        def do_GET(self):
-            self._forward("GET")
-
-        def do_POST(self):
-            self._forward("POST")
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/v1", stats
-    finally:
-        server.shutdown()
 
 
 def test_a_server_that_fails_some_requests_mid_run_still_completes(live_server, eval_file, tmp_path):

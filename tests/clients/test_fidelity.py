@@ -1,0 +1,167 @@
+"""Fidelity checks on real servers: the good case, and each silent failure they must catch.
+
+These use the default model (SmolLM2-135M-Instruct), not the tiny random one: the checks
+need a model that stops at its end-of-turn token and whose greedy answers are not
+near-ties, which a random 2-layer model is not.
+"""
+
+import json
+import shutil
+
+import pytest
+from helpers import API_KEY, TICKETS, flaky_proxy, free_port, make_adapter
+
+from tuneship.clients.fidelity import FidelitySettings, verify_fidelity
+
+OTHER_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant: {% endif %}"
+)
+SETTINGS = dict(samples=12, max_tokens=48)
+
+
+@pytest.fixture(scope="module")
+def smol_run(default_base, tmp_path_factory):
+    """A short LoRA run on the default model: enough to change its answers to the tickets."""
+    from tuneship.config import load_config
+    from tuneship.train.config import TrainConfig
+    from tuneship.train.train import train_model
+
+    work = tmp_path_factory.mktemp("smol-run")
+    config = load_config(
+        TrainConfig,
+        data=str(TICKETS / "train.jsonl"),
+        eval_data=str(TICKETS / "eval.jsonl"),
+        eval_max_rows=8,
+        eval_steps=100,
+        base="default",
+        runs_dir=str(work),
+        name="smol",
+        max_steps=8,
+        batch_size=4,
+        learning_rate=2e-3,
+        max_length=256,
+    )
+    return train_model(config)
+
+
+@pytest.fixture(scope="module")
+def smol_server(default_base, smol_run, tmp_path_factory):
+    """The default model with the smol adapter from a registry; hot loading on."""
+    from tuneship.serve.registry import Registry
+    from tuneship.serve.server import ServeConfig, VLLMServer
+
+    work = tmp_path_factory.mktemp("smol-server")
+    registry = Registry(work / "registry")
+    registry.add("smol", smol_run.run_dir)
+    config = ServeConfig(
+        served_name="smol-base",
+        registry=str(registry.root),
+        api_key=API_KEY,
+        port=free_port(),
+        kv_cache_gb=1,
+        max_model_len=1024,
+        log_file=str(work / "vllm.log"),
+    )
+    with VLLMServer(config) as server:
+        yield server
+
+
+def _verify(server_url, run, model, out):
+    settings = FidelitySettings(
+        run=str(run.run_dir), endpoint=server_url, model=model, api_key=API_KEY, out=str(out), **SETTINGS
+    )
+    return verify_fidelity(settings)
+
+
+def test_the_served_adapter_is_what_the_run_trained(smol_server, smol_run, tmp_path):
+    result = _verify(smol_server.url, smol_run, "smol", tmp_path)
+    checks = result["checks"]
+    assert result["verdict"] == "passed", json.dumps(checks, indent=1)
+    assert checks["template"]["status"] == "passed" and checks["template"]["prompts"] == 18
+    assert checks["stopping"]["reference_stop_rate"] >= 0.5
+    assert checks["applied"]["status"] == "passed" and result["base_model"] == "smol-base"
+    assert checks["agreement"]["rate"] >= 0.75
+    saved = json.loads((tmp_path / "fidelity.json").read_text())
+    assert saved["verdict"] == "passed" and "| template | passed |" in (tmp_path / "fidelity.md").read_text()
+
+
+def test_an_adapter_that_is_not_applied_is_caught(smol_server, default_base, smol_run, tmp_path):
+    """The base served under the adapter's name: a no-op LoRA (B = 0), hot-loaded."""
+    from tuneship.serve.control import load, unload
+
+    root = smol_server.config.registry
+    make_adapter(default_base.path, tmp_path / "noop", random=False)
+    shutil.copytree(tmp_path / "noop", f"{root}/smol-noop")
+    load(smol_server.url, "smol-noop", root, API_KEY)
+    try:
+        result = _verify(smol_server.url, smol_run, "smol-noop", tmp_path / "report")
+    finally:
+        shutil.rmtree(f"{root}/smol-noop")
+        unload(smol_server.url, "smol-noop", API_KEY)
+    assert result["verdict"] == "failed" and "applied" in result["failed"]
+    assert result["checks"]["applied"]["changed_when_served"] == 0
+
+
+def test_a_server_without_tokenize_leaves_the_template_not_checked(smol_server, smol_run):
+    """Through a proxy that forwards only /v1: /tokenize is missing, so never 'passed'."""
+    from transformers import AutoTokenizer
+
+    from tuneship.clients.fidelity import check_template
+    from tuneship.models import resolve_base
+
+    run_template = (smol_run.run_dir / "chat_template.jinja").read_text()
+    tokenizer = AutoTokenizer.from_pretrained(resolve_base("default").path)
+    prompts = [[{"role": "user", "content": "My invoice is wrong."}]]
+    with flaky_proxy(smol_server.url, fail_every=10**9) as (url, _):
+        settings = FidelitySettings(run=str(smol_run.run_dir), endpoint=url, model="smol", api_key=API_KEY)
+        assert check_template(settings, prompts, tokenizer, run_template)["status"] == "not checked"
+    direct = FidelitySettings(
+        run=str(smol_run.run_dir), endpoint=smol_server.url, model="smol", api_key=API_KEY
+    )
+    assert check_template(direct, prompts, tokenizer, run_template)["status"] == "passed"
+
+
+@pytest.fixture(scope="module")
+def broken_server(smol_run, tmp_path_factory):
+    """The merged smol run, served with another chat template and with its end-of-turn
+    token no longer named anywhere (tokenizer, config, generation config)."""
+    from tuneship.export.merge import export_merged
+    from tuneship.serve.server import ServeConfig, VLLMServer
+
+    work = tmp_path_factory.mktemp("broken")
+    export = export_merged(smol_run.run_dir, work / "smol-broken").out
+    for name, key in (("config.json", "eos_token_id"), ("generation_config.json", "eos_token_id")):
+        data = json.loads((export / name).read_text())
+        data[key] = 0  # <|endoftext|>, which the model never produces
+        (export / name).write_text(json.dumps(data))
+    tokenizer_config = json.loads((export / "tokenizer_config.json").read_text())
+    tokenizer_config["eos_token"] = "<|endoftext|>"
+    (export / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
+    (work / "other.jinja").write_text(OTHER_TEMPLATE)
+    config = ServeConfig(
+        merged=str(export),
+        served_name="smol-broken",
+        port=free_port(),
+        api_key=API_KEY,
+        kv_cache_gb=1,
+        max_model_len=1024,
+        extra_args=["--chat-template", str(work / "other.jinja")],
+        log_file=str(work / "vllm.log"),
+    )
+    with VLLMServer(config) as server:
+        yield server
+
+
+def test_another_chat_template_and_a_lost_stop_token_are_caught(broken_server, smol_run, tmp_path):
+    result = _verify(broken_server.url, smol_run, "smol-broken", tmp_path)
+    checks = result["checks"]
+    assert result["verdict"] == "failed"
+    template = checks["template"]
+    assert template["status"] == "failed" and template["mismatched"] == template["prompts"]
+    assert template["mismatches"][0]["first_difference"] == 0
+    stopping = checks["stopping"]
+    assert stopping["status"] == "failed" and stopping["served_stop_rate"] == 0.0, stopping
+    assert stopping["reference_stop_rate"] >= 0.5
+    assert checks["applied"]["status"] == "not checked"  # no base model on this server
+    assert "| template | failed |" in (tmp_path / "fidelity.md").read_text()
