@@ -198,6 +198,8 @@ def verify_fidelity(settings: FidelitySettings) -> dict:
     template_file = run_dir / CHAT_TEMPLATE
     template = template_file.read_text() if template_file.is_file() else tokenizer.chat_template
     train_prompts, held_out = _conversations(run, settings.samples, settings.seed)
+    if not held_out:
+        raise EvalError(f"the data files recorded in {run_dir / RUN_CONFIG} are gone; fidelity needs them")
 
     checks: dict[str, dict] = {
         "template": check_template(settings, train_prompts + held_out, tokenizer, template)

@@ -39,10 +39,11 @@ class ContainerSpec:
     command: list[str]
     mounts: dict[str, dict[str, str]]  # host path -> {"bind": container path, "mode": "ro"|"rw"}
     environment: dict[str, str]
-    ports: dict[str, tuple[str, int]]  # "8000/tcp" -> (host interface, host port)
+    ports: dict[str, tuple[str, int]]  # "8000/tcp" -> (host interface, host port); {} on the host network
     gpu: bool
     name: str
     labels: dict[str, str] = field(default_factory=dict)
+    network: str = "bridge"  # "host": share the host's network (engines started without a bridge)
 
     def run_kwargs(self) -> dict[str, Any]:
         """Keyword arguments for ``docker.DockerClient().containers.run``."""
@@ -51,12 +52,15 @@ class ContainerSpec:
             "command": self.command,
             "volumes": self.mounts,
             "environment": self.environment,
-            "ports": self.ports,
             "name": self.name,
             "labels": self.labels,
             "detach": True,
             "shm_size": "2g",
         }
+        if self.network == "host":
+            kwargs["network_mode"] = "host"
+        else:
+            kwargs["ports"] = self.ports
         if self.gpu:
             import docker
 
@@ -64,7 +68,7 @@ class ContainerSpec:
         return kwargs
 
 
-def container_spec(server: VLLMServer, image: str | None = None) -> ContainerSpec:
+def container_spec(server: VLLMServer, image: str | None = None, network: str = "bridge") -> ContainerSpec:
     """The container that serves ``server``'s configuration."""
     config: ServeConfig = server.config
     versions = pinned_versions()
@@ -89,8 +93,8 @@ def container_spec(server: VLLMServer, image: str | None = None) -> ContainerSpe
         server.gpu,
         python="python3",
         model_path=MODEL_MOUNT,
-        host="0.0.0.0",
-        port=CONTAINER_PORT,
+        host=config.host if network == "host" else "0.0.0.0",
+        port=config.port if network == "host" else CONTAINER_PORT,
     )
     # The image's entrypoint is vLLM's server; the command carries only its arguments.
     arguments = command[3:]
@@ -100,19 +104,36 @@ def container_spec(server: VLLMServer, image: str | None = None) -> ContainerSpe
         command=arguments,
         mounts=mounts,
         environment=environment,
-        ports={f"{CONTAINER_PORT}/tcp": (config.host, config.port)},
+        ports={} if network == "host" else {f"{CONTAINER_PORT}/tcp": (config.host, config.port)},
         gpu=server.gpu,
         name=f"tuneship-serve-{config.port}",
         labels={"tuneship.role": "serve", "tuneship.base": server.base.name},
+        network=network,
     )
+
+
+def _check_readable_by_others(path: Path) -> None:
+    """The image runs as an unprivileged user: mounted files must be world-readable."""
+    import stat
+
+    for item in [path, *(path.rglob("*") if path.is_dir() else [])]:
+        mode = item.stat().st_mode
+        needed = stat.S_IROTH | (stat.S_IXOTH if item.is_dir() else 0)
+        if mode & needed != needed:
+            raise ServerError(
+                f"{item} is not readable by the container's unprivileged user; "
+                f"make it readable: chmod -R a+rX {path}"
+            )
 
 
 class DockerServer(VLLMServer):
     """A vLLM server in a container: start, wait until ready, stop and remove it."""
 
-    def __init__(self, config: ServeConfig, image: str | None = None) -> None:
+    def __init__(self, config: ServeConfig, image: str | None = None, network: str = "bridge") -> None:
         super().__init__(config)
-        self.spec = container_spec(self, image)
+        self.spec = container_spec(self, image, network)
+        for host_path in self.spec.mounts:
+            _check_readable_by_others(Path(host_path))
         self.container: Any = None
 
     def _client(self) -> Any:

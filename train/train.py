@@ -284,6 +284,9 @@ def padding_fraction(trainer: Any, packing: bool) -> float:
 
 def train_model(config: TrainConfig, force: bool = False, resume: bool = False) -> RunResult:
     """Check the data, train, and write the run directory; returns where it went."""
+    for key in ("data", "eval_data", "chat_template"):  # the run record must work from anywhere
+        if getattr(config, key):
+            setattr(config, key, str(Path(getattr(config, key)).resolve()))
     data = load_dataset(config.data, config.format or None, config.skip_invalid)
     say(f"Data: {data.path} (format: {data.format}, {len(data.examples)} examples)")
     run_dir, _ = prepare_run_dir(config, force, resume)

@@ -104,6 +104,15 @@ def read_yaml(path: Path) -> Any:
         raise ArtifactError(f"{path}: not valid YAML ({e})") from e
 
 
+def _readable_as_umask_allows(root: Path) -> None:
+    """Libraries write some files 0600 (through temporary files); an artifact is meant to be
+    shared — served from a container, copied to a registry — so give it the usual modes."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for path in [root, *root.rglob("*")]:
+        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
+
+
 @contextlib.contextmanager
 def atomic_dir(target: Path, force: bool = False) -> Iterator[Path]:
     """Yield a temporary directory that replaces ``target`` only if the block succeeds."""
@@ -118,6 +127,7 @@ def atomic_dir(target: Path, force: bool = False) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    _readable_as_umask_allows(tmp)
     if target.exists():
         old = target.parent / f".{target.name}.old-{os.getpid()}"
         target.rename(old)

@@ -404,9 +404,21 @@ def _parse_adapters(values: tuple[str, ...]) -> dict[str, str]:
     help="run vLLM here, or in the pinned serving image through the Docker SDK",
 )
 @click.option("--image", help="--runtime docker: image to run (default: pinned in docker/versions.env)")
+@click.option(
+    "--docker-network",
+    type=click.Choice(["bridge", "host"]),
+    default="bridge",
+    show_default=True,
+    help="--runtime docker: publish the port (bridge) or share the host's network",
+)
 @friendly_errors
 def serve(
-    adapters: tuple[str, ...], extra_args: tuple[str, ...], runtime: str, image: str | None, **options: Any
+    adapters: tuple[str, ...],
+    extra_args: tuple[str, ...],
+    runtime: str,
+    image: str | None,
+    docker_network: str,
+    **options: Any,
 ) -> None:
     """Serve the base model and LoRA adapters with vLLM (OpenAI-compatible) until Ctrl-C."""
     from tuneship.config import load_config
@@ -422,7 +434,7 @@ def serve(
     if runtime == "docker":
         from tuneship.serve.docker import DockerServer
 
-        server: VLLMServer = DockerServer(config, image=image)
+        server: VLLMServer = DockerServer(config, image=image, network=docker_network)
         click.echo(f"Container image: {server.spec.image}")  # type: ignore[attr-defined]
     else:
         server = VLLMServer(config)

@@ -47,7 +47,12 @@ def run_demo(workdir: Path, max_steps: int | None = None, port: int = 8011) -> d
 
     step(2, "Train a LoRA adapter")
     config = load_config(
-        TrainConfig, PRESET, data=str(train_file), runs_dir=str(workdir / "runs"), max_steps=max_steps
+        TrainConfig,
+        PRESET,
+        data=str(train_file),
+        eval_data=str(eval_file),
+        runs_dir=str(workdir / "runs"),
+        max_steps=max_steps,
     )
     run = train_model(config, force=True)
     console.print(
