@@ -59,6 +59,17 @@ class ContainerSpec:
         }
         if self.network == "host":
             kwargs["network_mode"] = "host"
+            # The image's health check asks port 8000; on the host network the server is elsewhere.
+            port = self.command[self.command.index("--port") + 1]
+            url = f"http://127.0.0.1:{port}/health"
+            probe = f"import urllib.request; urllib.request.urlopen('{url}', timeout=4)"
+            kwargs["healthcheck"] = {
+                "test": ["CMD", "python3", "-c", probe],
+                "interval": 10 * 10**9,
+                "timeout": 5 * 10**9,
+                "retries": 3,
+                "start_period": 300 * 10**9,
+            }
         else:
             kwargs["ports"] = self.ports
         if self.gpu:

@@ -70,10 +70,10 @@ def engine():
         stderr=subprocess.STDOUT,
         start_new_session=True,
     )
-    client = docker.DockerClient(base_url=host)
     deadline = time.monotonic() + 60
     while True:
         try:
+            client = docker.DockerClient(base_url=host)  # asks the engine its API version
             client.ping()
             break
         except Exception:
@@ -84,18 +84,32 @@ def engine():
     try:
         yield client, host
     finally:
-        for container in client.containers.list(all=True):
-            container.remove(force=True)
-        for image in client.images.list(all=True):
-            client.images.remove(image.id, force=True)
-        client.close()
+        try:
+            for container in client.containers.list(all=True):
+                container.remove(force=True)
+            for image in sorted(client.images.list(all=True), key=lambda i: i.attrs["Created"], reverse=True):
+                try:
+                    client.images.remove(image.id, force=True)  # newest first: children before parents
+                except docker.errors.ImageNotFound:
+                    pass  # went with the child it was the untagged parent of
+            assert not client.images.list(all=True), "every image is removed"
+        finally:
+            client.close()
+            _stop(daemon, work, log)
+
+
+def _stop(daemon: subprocess.Popen, work: Path, log) -> None:
+    """Stop the engine and remove its directories (unmounting what it left mounted)."""
+    if daemon.poll() is None:
         daemon.send_signal(signal.SIGTERM)
         try:
             daemon.wait(timeout=30)
         except subprocess.TimeoutExpired:
             daemon.kill()
-        log.close()
-        shutil.rmtree(work, ignore_errors=True)
+    log.close()
+    for mount in (work / "exec" / "netns").glob("*"):  # dockerd leaves its netns bind mount behind
+        subprocess.run(["umount", str(mount)], capture_output=True)
+    shutil.rmtree(work, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")

@@ -14,8 +14,9 @@ DOCKERFILES = sorted(DOCKER.glob("*.Dockerfile"))
 
 
 def versions() -> dict[str, str]:
-    pairs = (line.split("=", 1) for line in (DOCKER / "versions.env").read_text().splitlines() if "=" in line)
-    return {k: v for k, v in pairs if not k.startswith("#")}
+    from tuneship.serve.docker import pinned_versions
+
+    return pinned_versions(DOCKER / "versions.env")
 
 
 def interpolate(text: str, env: dict[str, str]) -> str:

@@ -35,6 +35,9 @@ def test_container_spec_mounts_model_and_registry_and_pins_the_image(tiny_base, 
     assert spec.ports == {"8000/tcp": ("127.0.0.1", 8123)}
     assert not spec.gpu and "device_requests" not in spec.run_kwargs()
     assert all(str(tiny_base) not in value for value in spec.environment.values())
+    host = container_spec(VLLMServer(config), network="host").run_kwargs()
+    assert host["network_mode"] == "host" and "ports" not in host
+    assert "127.0.0.1:8123/health" in host["healthcheck"]["test"][-1]
 
 
 def test_gpu_hosts_get_the_gpu_image_and_a_device_request(tiny_base, monkeypatch):
