@@ -108,7 +108,7 @@ def _stop(daemon: subprocess.Popen, work: Path, log) -> None:
             daemon.kill()
     log.close()
     for mount in (work / "exec" / "netns").glob("*"):  # dockerd leaves its netns bind mount behind
-        subprocess.run(["umount", str(mount)], capture_output=True)
+        subprocess.run(["umount", "--lazy", str(mount)], capture_output=True)
     shutil.rmtree(work, ignore_errors=True)
 
 
