@@ -247,7 +247,7 @@ def export_verify(directory: str, no_load: bool) -> None:
 
 @cli.group()
 def adapters() -> None:
-    """Inspect LoRA adapters: can vLLM serve them, and how."""
+    """LoRA adapters: check them for vLLM, keep them in a registry, hot-load them into a server."""
 
 
 @adapters.command(name="check")
