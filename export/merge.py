@@ -32,7 +32,7 @@ from tuneship.errors import ArtifactError
 from tuneship.export.card import model_card
 from tuneship.export.check import locate_adapter
 from tuneship.export.manifest import write_manifest
-from tuneship.models import BaseModel, resolve_base
+from tuneship.models import BaseModel, end_of_sequence_ids, resolve_base
 
 DTYPES = ("bf16", "fp16", "fp32")
 # Worst-case |logit difference| accepted between the saved merged model and PEFT's
@@ -187,9 +187,8 @@ def export_merged(
             if (base.path / "generation_config.json").is_file()
             else GenerationConfig()
         )
-        # The server stops on these ids; make sure the end-of-turn token is among them.
-        eos = {tokenizer.eos_token_id} | set(_as_list(generation.eos_token_id))
-        generation.eos_token_id = sorted(i for i in eos if i is not None)
+        # The server stops on these ids; make sure the tokenizer's end-of-turn token is among them.
+        generation.eos_token_id = end_of_sequence_ids(tokenizer, base.path)
         generation.pad_token_id = tokenizer.pad_token_id
         generation.save_pretrained(tmp)
         reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32).eval()
@@ -213,9 +212,3 @@ def export_merged(
         (tmp / "README.md").write_text(model_card(out.name, lineage, run, parity))
         write_manifest(tmp, lineage)
     return ExportResult(out, parity, base)
-
-
-def _as_list(value: Any) -> list:
-    if value is None:
-        return []
-    return list(value) if isinstance(value, (list, tuple)) else [value]

@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers import API_KEY, TICKETS, free_port, make_adapter, write_rows
+from helpers import API_KEY, TICKETS, free_port, make_adapter, tiny_config, write_rows
 
 
 @pytest.fixture(scope="session")
@@ -65,29 +65,21 @@ def ticket_rows() -> list[dict]:
 @pytest.fixture(scope="session")
 def tiny_run(tiny_base: Path, ticket_rows: list[dict], tmp_path_factory: pytest.TempPathFactory):
     """A short LoRA run on the tiny base: high learning rate so the adapter clearly matters."""
-    from tuneship.config import load_config
-    from tuneship.train.config import TrainConfig
     from tuneship.train.train import train_model
 
     work = tmp_path_factory.mktemp("tiny-run")
     data = write_rows(work / "train.jsonl", ticket_rows[:64])
-    config = load_config(
-        TrainConfig,
-        data=str(data),
-        base=str(tiny_base),
-        runs_dir=str(work / "runs"),
-        name="tiny",
+    config = tiny_config(
+        tiny_base,
+        data,
+        work / "runs",
+        "tiny",
         max_steps=12,
         batch_size=8,
-        learning_rate=5e-3,
-        lora_r=8,
-        lora_alpha=16,
         logging_steps=2,
         save_steps=6,
-        precision="fp32",
         eval_fraction=0.1,
         eval_steps=6,
-        max_length=160,
     )
     return train_model(config)
 

@@ -22,6 +22,28 @@ def write_rows(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+def tiny_config(tiny_base: Path, data: Path, runs: Path, name: str, **overrides):
+    """A TrainConfig for a short LoRA run on the tiny base (high learning rate, fp32)."""
+    from tuneship.config import load_config
+    from tuneship.train.config import TrainConfig
+
+    settings = dict(
+        data=str(data),
+        base=str(tiny_base),
+        runs_dir=str(runs),
+        name=name,
+        max_steps=4,
+        batch_size=4,
+        learning_rate=5e-3,
+        lora_r=8,
+        lora_alpha=16,
+        logging_steps=1,
+        precision="fp32",
+        max_length=160,
+    )
+    return load_config(TrainConfig, **{**settings, **overrides})
+
+
 API_KEY = "test-key-123"
 
 

@@ -12,6 +12,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from tuneship.artifacts import LINEAGE, atomic_dir, model_weights_hash, read_json, write_json
 from tuneship.errors import ModelError
@@ -137,3 +138,14 @@ def ensure_default_model() -> Path:
         )
     print(f"Default base model ready at {target}", flush=True)
     return target
+
+
+def end_of_sequence_ids(tokenizer: Any, model_dir: Path) -> list[int]:
+    """The ids a server stops on for this model: the tokenizer's eos plus the generation config's."""
+    from transformers import GenerationConfig
+
+    ids = {tokenizer.eos_token_id}
+    if (Path(model_dir) / "generation_config.json").is_file():
+        configured = GenerationConfig.from_pretrained(model_dir).eos_token_id
+        ids |= set(configured if isinstance(configured, (list, tuple)) else [configured])
+    return sorted(i for i in ids if i is not None)

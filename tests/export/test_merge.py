@@ -4,7 +4,7 @@ import subprocess
 import sys
 
 import pytest
-from helpers import write_rows
+from helpers import tiny_config, write_rows
 
 from tuneship.artifacts import read_json, sha256_file
 from tuneship.errors import ArtifactError
@@ -78,24 +78,10 @@ def test_verify_names_a_file_with_one_flipped_byte(merged, tmp_path):
 
 
 def test_qlora_adapter_merges_into_full_precision_weights(tiny_base, ticket_rows, tmp_path, capsys):
-    from tuneship.config import load_config
-    from tuneship.train.config import TrainConfig
     from tuneship.train.train import train_model
 
     data = write_rows(tmp_path / "train.jsonl", ticket_rows[:16])
-    config = load_config(
-        TrainConfig,
-        data=str(data),
-        base=str(tiny_base),
-        runs_dir=str(tmp_path / "runs"),
-        name="q",
-        method="qlora",
-        max_steps=2,
-        batch_size=4,
-        learning_rate=5e-3,
-        max_length=160,
-    )
-    run = train_model(config)
+    run = train_model(tiny_config(tiny_base, data, tmp_path / "runs", "q", method="qlora", max_steps=2))
     result = export_merged(run.run_dir, tmp_path / "merged", dtype="fp32")
     assert "merged into the base's full-precision weights" in capsys.readouterr().out
     saved = json.loads((result.out / "config.json").read_text())

@@ -7,7 +7,7 @@ import time
 
 import pytest
 import torch
-from helpers import free_port, write_rows
+from helpers import free_port, tiny_config, write_rows
 from safetensors.torch import load_file
 
 from tuneship.artifacts import read_json, read_yaml, sha256_file
@@ -16,24 +16,6 @@ from tuneship.errors import ArtifactError
 from tuneship.export.check import check_adapter
 from tuneship.train.config import TrainConfig
 from tuneship.train.train import train_model
-
-
-def tiny_config(tiny_base, data, runs, name, **overrides):
-    settings = dict(
-        data=str(data),
-        base=str(tiny_base),
-        runs_dir=str(runs),
-        name=name,
-        max_steps=4,
-        batch_size=4,
-        learning_rate=5e-3,
-        lora_r=8,
-        lora_alpha=16,
-        logging_steps=1,
-        precision="fp32",
-        max_length=160,
-    )
-    return load_config(TrainConfig, **{**settings, **overrides})
 
 
 @pytest.fixture(scope="module")
