@@ -26,11 +26,16 @@ endif
 demo: setup
 	$(BIN)/tuneship demo
 
-test: setup
+test: lint
 	$(BIN)/python -m pytest
 
+# Style, then the three floors (import-linter contracts in pyproject.toml), checked on an
+# installed copy: package-dir maps the stage folders into `tuneship` only when installed.
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
+	rm -rf .lint-tree && $(BIN)/pip install --quiet --no-deps --no-build-isolation --no-compile \
+		--target .lint-tree . > .lint-tree.log 2>&1 || (cat .lint-tree.log; exit 1)
+	cd .lint-tree && PYTHONPATH=. ../$(BIN)/lint-imports --no-cache ../pyproject.toml
 
 clean-venv:
 	rm -rf $(VENV)

@@ -74,7 +74,7 @@ def plain_sft(base_path: Path, steps: int, out: Path) -> tuple[float, float]:
 def tuneship_train(steps: int, out: Path) -> tuple[float, float]:
     from tuneship.config import load_config
     from tuneship.train.config import TrainConfig
-    from tuneship.train.train import train_model
+    from tuneship.train.sft import train_model
 
     config = load_config(
         TrainConfig,

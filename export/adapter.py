@@ -11,12 +11,10 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from tuneship.artifacts import ADAPTER_CONFIG, atomic_dir
+from tuneship.adapters import AdapterReport, check_adapter
+from tuneship.artifacts import ADAPTER_CONFIG, ADAPTER_WEIGHTS, atomic_dir
 from tuneship.errors import ArtifactError
-from tuneship.export.check import AdapterReport, check_adapter
 from tuneship.export.merge import find_adapter
-
-WEIGHTS = "adapter_model.safetensors"
 
 
 def export_adapter(source: Path | str, out: Path | str, force: bool = False) -> AdapterReport:
@@ -31,12 +29,12 @@ def export_adapter(source: Path | str, out: Path | str, force: bool = False) -> 
         raise ArtifactError(f"{adapter}: {'; '.join(broken)}")
     with atomic_dir(out, force=force) as tmp:
         shutil.copyfile(adapter / ADAPTER_CONFIG, tmp / ADAPTER_CONFIG)
-        if (adapter / WEIGHTS).is_file():
-            shutil.copyfile(adapter / WEIGHTS, tmp / WEIGHTS)
+        if (adapter / ADAPTER_WEIGHTS).is_file():
+            shutil.copyfile(adapter / ADAPTER_WEIGHTS, tmp / ADAPTER_WEIGHTS)
         else:  # an older PEFT pickle: convert, so nothing unsafe is published
             import torch
             from safetensors.torch import save_file
 
             state = torch.load(adapter / "adapter_model.bin", map_location="cpu", weights_only=True)
-            save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / WEIGHTS))
+            save_file({k: v.contiguous() for k, v in state.items()}, str(tmp / ADAPTER_WEIGHTS))
     return report

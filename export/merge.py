@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tuneship.adapters import locate_adapter
 from tuneship.artifacts import (
     ADAPTER_CONFIG,
-    CHAT_TEMPLATE,
-    LINEAGE,
+    ADAPTER_WEIGHTS,
     PARITY,
     RUN_CONFIG,
     atomic_dir,
@@ -28,11 +28,12 @@ from tuneship.artifacts import (
     sha256_file,
     write_json,
 )
+from tuneship.chat import end_of_sequence_ids, resolve_chat_template, run_chat_template
 from tuneship.errors import ArtifactError
 from tuneship.export.card import model_card
-from tuneship.export.check import locate_adapter
 from tuneship.export.manifest import write_manifest
-from tuneship.models import BaseModel, end_of_sequence_ids, resolve_base
+from tuneship.lineage import Lineage, read_lineage, write_lineage
+from tuneship.models import ResolvedBase, base_of_adapter, load_peft
 
 DTYPES = ("bf16", "fp16", "fp32")
 # Worst-case |logit difference| accepted between the saved merged model and PEFT's
@@ -57,7 +58,7 @@ PARITY_PROMPTS = [
 class ExportResult:
     out: Path
     parity: dict
-    base: BaseModel
+    base: ResolvedBase
 
 
 def find_adapter(path: Path | str) -> Path:
@@ -69,48 +70,16 @@ def find_adapter(path: Path | str) -> Path:
     return adapter
 
 
-def run_record(adapter: Path) -> tuple[dict | None, str | None]:
-    """The run that produced the adapter (run.yaml) and the chat template it trained with, if known."""
-    run_dir = adapter.parent
-    record = read_yaml(run_dir / RUN_CONFIG) if (run_dir / RUN_CONFIG).is_file() else None
-    template = (run_dir / CHAT_TEMPLATE).read_text() if (run_dir / CHAT_TEMPLATE).is_file() else None
-    return record, template
-
-
-def adapter_base(adapter: Path, base_spec: str | None) -> BaseModel:
-    """The base model the adapter belongs to; refuse a --base whose weights differ from lineage."""
-    lineage = read_json(adapter / LINEAGE).get("base_model") if (adapter / LINEAGE).is_file() else None
-    if base_spec is None:
-        if lineage is None:
-            config = read_json(adapter / ADAPTER_CONFIG)
-            return resolve_base(config.get("base_model_name_or_path"))
-        return resolve_base(lineage["path"] if lineage["source"] != "hub" else lineage["name"])
-    base = resolve_base(base_spec)
-    if lineage and lineage.get("weights_sha256") not in (None, base.weights_sha256):
-        raise ArtifactError(
-            f"{adapter} was trained on {lineage['name']} (weights sha256 {lineage['weights_sha256'][:12]}), "
-            f"not on {base.name} (sha256 {base.weights_sha256[:12]})"
-        )
-    return base
+def run_record(adapter: Path) -> dict | None:
+    """The run that produced the adapter (``run.yaml`` beside it), if known."""
+    run_file = adapter.parent / RUN_CONFIG
+    return read_yaml(run_file) if run_file.is_file() else None
 
 
 def _torch_dtype(name: str) -> Any:
     import torch
 
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
-
-
-def load_peft(base: BaseModel, adapter: Path) -> Any:
-    import torch
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM
-
-    model = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.float32)
-    try:
-        return PeftModel.from_pretrained(model, adapter)
-    except Exception as e:  # peft raises ValueError/RuntimeError/safetensors errors
-        reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
-        raise ArtifactError(f"{adapter}: cannot load the adapter on {base.name}: {reason}") from None
 
 
 def last_logits(model: Any, tokenizer: Any, prompts: list[str]) -> Any:
@@ -160,11 +129,11 @@ def export_merged(
     if out.exists() and not force:
         raise ArtifactError(f"{out} already exists; pass --force to replace it")
     adapter = find_adapter(source)
-    base = adapter_base(adapter, base_spec)
-    adapter_lineage = read_json(adapter / LINEAGE) if (adapter / LINEAGE).is_file() else {}
-    run, template = run_record(adapter)
+    base = base_of_adapter(adapter, base_spec)
+    adapter_lineage = read_lineage(adapter) or Lineage(kind="adapter")
+    run = run_record(adapter)
     print(f"Merging {adapter} into {base.name} (fp32 weights), saving as {dtype}")
-    if adapter_lineage.get("method") == "qlora":
+    if adapter_lineage.method == "qlora":
         print(
             "The adapter was trained with QLoRA on a 4-bit base; it is merged into the base's "
             "full-precision weights (not into 4-bit weights, which would shift the outputs)."
@@ -173,8 +142,11 @@ def export_merged(
     from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
 
     tokenizer = AutoTokenizer.from_pretrained(base.path)
-    if template:
-        tokenizer.chat_template = template  # the template the examples were trained with
+    # The template the examples were trained with (tuneship.chat), saved with the tokenizer.
+    if run is not None:
+        run_chat_template(adapter.parent, tokenizer)
+    else:
+        resolve_chat_template(tokenizer)
     peft_model = load_peft(base, adapter)
     peft_model.eval()
     reference = last_logits(peft_model, tokenizer, PARITY_PROMPTS)
@@ -201,14 +173,16 @@ def export_merged(
         if not parity["passed"]:
             raise ArtifactError(f"merged model does not match base + adapter: {parity}")
         write_json(tmp / PARITY, parity)
-        lineage = {
-            **adapter_lineage,
-            "kind": "merged-model",
-            "adapter": str(adapter.resolve()),
-            "adapter_sha256": sha256_file(adapter / "adapter_model.safetensors"),
-            "dtype": dtype,
-        }
-        write_json(tmp / LINEAGE, lineage)
-        (tmp / "README.md").write_text(model_card(out.name, lineage, run, parity))
-        write_manifest(tmp, lineage)
+        lineage = adapter_lineage.model_copy(
+            update={
+                "kind": "merged-model",
+                "adapter": str(adapter.resolve()),
+                "adapter_sha256": sha256_file(adapter / ADAPTER_WEIGHTS),
+                "dtype": dtype,
+            }
+        )
+        write_lineage(tmp, lineage)
+        record = lineage.model_dump(mode="json", exclude_none=True)
+        (tmp / "README.md").write_text(model_card(out.name, record, run, parity))
+        write_manifest(tmp, record)
     return ExportResult(out, parity, base)

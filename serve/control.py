@@ -15,9 +15,10 @@ from pathlib import Path
 
 import httpx
 
+from tuneship.adapters import adapter_hash, check_adapter
+from tuneship.artifacts import ADAPTER_CONFIG
 from tuneship.errors import ServerError
-from tuneship.export.check import check_adapter
-from tuneship.serve.registry import Registry, adapter_hash
+from tuneship.serve.registry import Registry
 
 
 @dataclass
@@ -55,7 +56,7 @@ def list_live(endpoint: str, api_key: str | None = None) -> list[Live]:
     for model in response.json().get("data", []):
         root = model.get("root")
         digest = hashes.get(model["id"])
-        if digest is None and root and (Path(root) / "adapter_config.json").is_file():
+        if digest is None and root and (Path(root) / ADAPTER_CONFIG).is_file():
             digest = adapter_hash(Path(root))
         live.append(Live(model["id"], model.get("parent"), root, digest))
     return live

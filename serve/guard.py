@@ -25,9 +25,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from tuneship.adapters import adapter_hash, check_adapter
 from tuneship.errors import ArtifactError
-from tuneship.export.check import check_adapter
-from tuneship.serve.registry import adapter_hash, confined, confined_path
+from tuneship.serve.registry import confined, confined_path
 
 REGISTRY_ENV = "TUNESHIP_REGISTRY_ROOT"
 BASE_SHA_ENV = "TUNESHIP_BASE_SHA256"

@@ -19,21 +19,13 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from tuneship.artifacts import ADAPTER_CONFIG, LINEAGE, atomic_dir, hash_dir, read_json
+from tuneship.adapters import adapter_hash, check_adapter, locate_adapter
+from tuneship.artifacts import ADAPTER_CONFIG, ADAPTER_WEIGHTS, LINEAGE, atomic_dir
 from tuneship.errors import ArtifactError
-from tuneship.export.check import check_adapter, locate_adapter
+from tuneship.lineage import read_lineage
 
 NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
-ADAPTER_FILES = (ADAPTER_CONFIG, "adapter_model.safetensors", LINEAGE)
-
-
-def default_registry() -> Path:
-    return Path(os.environ.get("TUNESHIP_REGISTRY", "registry"))
-
-
-def adapter_hash(path: Path) -> str:
-    """Content hash of an adapter: its config and weights (what decides its outputs)."""
-    return hash_dir(path, "adapter_*")
+ADAPTER_FILES = (ADAPTER_CONFIG, ADAPTER_WEIGHTS, LINEAGE)
 
 
 @dataclass
@@ -78,9 +70,16 @@ class Registry:
         for path in sorted(self.root.iterdir()):
             if path.name.startswith(".") or not (path / ADAPTER_CONFIG).is_file():
                 continue
-            lineage = read_json(path / LINEAGE).get("base_model", {}) if (path / LINEAGE).is_file() else {}
+            lineage = read_lineage(path)
+            base = lineage.base_model if lineage else None
             found.append(
-                Entry(path.name, path, adapter_hash(path), lineage.get("name"), lineage.get("weights_sha256"))
+                Entry(
+                    path.name,
+                    path,
+                    adapter_hash(path),
+                    base.name if base else None,
+                    base.weights_sha256 if base else None,
+                )
             )
         return found
 

@@ -24,13 +24,13 @@ from typing import Any
 
 import httpx
 
+from tuneship.adapters import VLLM_LORA_RANKS, adapter_hash, check_adapter, fitting_max_lora_rank
 from tuneship.artifacts import MANIFEST
 from tuneship.config import opt
 from tuneship.errors import ServerError, TuneshipError
-from tuneship.export.check import VLLM_LORA_RANKS, check_adapter, fitting_max_lora_rank
-from tuneship.models import BaseModel, resolve_base
+from tuneship.models import ResolvedBase, resolve_base
 from tuneship.serve.guard import BASE_SHA_ENV, LIVE_ENV, MAX_RANK_ENV, REGISTRY_ENV
-from tuneship.serve.registry import Registry, adapter_hash
+from tuneship.serve.registry import Registry
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 # Engine settings a user's own environment may override.
@@ -102,7 +102,7 @@ def max_lora_rank(config: ServeConfig, ranks: dict[str, int]) -> int:
 
 def build_vllm_args(
     config: ServeConfig,
-    base: BaseModel,
+    base: ResolvedBase,
     adapters: dict[str, str],
     ranks: dict[str, int],
     gpu: bool,

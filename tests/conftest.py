@@ -65,7 +65,7 @@ def ticket_rows() -> list[dict]:
 @pytest.fixture(scope="session")
 def tiny_run(tiny_base: Path, ticket_rows: list[dict], tmp_path_factory: pytest.TempPathFactory):
     """A short LoRA run on the tiny base: high learning rate so the adapter clearly matters."""
-    from tuneship.train.train import train_model
+    from tuneship.train.sft import train_model
 
     work = tmp_path_factory.mktemp("tiny-run")
     data = write_rows(work / "train.jsonl", ticket_rows[:64])

@@ -7,6 +7,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.text import Text
 
+from tuneship.chat import resolve_chat_template
 from tuneship.models import resolve_base
 from tuneship.train.data import load_dataset
 from tuneship.train.render import IGNORE, render, render_dataset, show_loss_tokens
@@ -27,7 +28,7 @@ def check_data(
     data = load_dataset(path, fmt, skip_invalid=True)
     model = resolve_base(base)
     tokenizer = AutoTokenizer.from_pretrained(model.path)
-    template = Path(chat_template).read_text() if chat_template else tokenizer.chat_template
+    template = resolve_chat_template(tokenizer, chat_template)
     n_rows = len(data.examples) + len(data.problems)
     _, stats = render_dataset(data, tokenizer, max_length, template, loss_on, skip_invalid=True)
     problems = data.problems

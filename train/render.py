@@ -1,12 +1,8 @@
-"""Render conversations with the chat template and decide which tokens carry loss.
+"""Tokenize rendered conversations and decide which tokens carry loss.
 
-Each trained assistant turn is found by rendering the conversation up to that turn
-with the generation prompt (the prefix the server will also produce) and up to the
-end of the turn; the characters in between (the answer and its end-of-turn token)
-carry loss. Working on characters, then mapping to tokens through the tokenizer's
-offsets, makes this independent of how tokens merge at the boundaries. Labels are
-built here, not from the pad token, so the end-of-turn token is trained even when
-pad == eos.
+The template and the trained spans come from :mod:`tuneship.chat` (the one owner of the
+chat template). Labels are built here, not from the pad token, so the end-of-turn token
+is trained even when pad == eos.
 """
 
 from __future__ import annotations
@@ -15,6 +11,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
+from tuneship.chat import trained_spans
 from tuneship.errors import DataError
 from tuneship.train.data import Dataset, raise_or_skip
 
@@ -50,41 +47,6 @@ class TokenStats:
             f"tokens: {self.tokens}, of which trained (carry loss): {self.trained_tokens} "
             f"({self.trained_tokens / max(1, self.tokens):.1%})",
         ]
-
-
-def _template(
-    messages: list[dict], tokenizer: Any, chat_template: str | None, generation_prompt: bool
-) -> str:
-    plain = [{"role": m["role"], "content": m["content"]} for m in messages]
-    return tokenizer.apply_chat_template(
-        plain, tokenize=False, add_generation_prompt=generation_prompt, chat_template=chat_template
-    )
-
-
-def trained_spans(
-    messages: list[dict], tokenizer: Any, chat_template: str | None
-) -> tuple[str, list[tuple[int, int]]]:
-    """The rendered text and the character spans of the trained assistant turns."""
-    text = _template(messages, tokenizer, chat_template, generation_prompt=False)
-    spans = []
-    for i, message in enumerate(messages):
-        if message["role"] != "assistant" or not message.get("weight", 1):
-            continue
-        start = _template(messages[:i], tokenizer, chat_template, generation_prompt=True)
-        end = _template(messages[: i + 1], tokenizer, chat_template, generation_prompt=False)
-        if not text.startswith(start) or not text.startswith(end) or len(end) <= len(start):
-            raise DataError(
-                "the chat template does not render conversations incrementally, so the assistant turns "
-                "cannot be located; train with --loss-on all or supply a template with --chat-template"
-            )
-        spans.append((len(start), len(end)))
-    return text, spans
-
-
-def render_prompt(messages: list[dict], tokenizer: Any, chat_template: str | None = None) -> list[int]:
-    """Token ids of a prompt exactly as training rendered the context before an assistant turn."""
-    text = _template(messages, tokenizer, chat_template, generation_prompt=True)
-    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def render(

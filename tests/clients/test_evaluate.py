@@ -103,7 +103,7 @@ def test_fail_if_gate_sets_the_exit_code(live_server, eval_file, tmp_path):
     command = [
         sys.executable,
         "-m",
-        "tuneship.cli",
+        "tuneship.entrypoints.cli",
         "ab",
         "--endpoint",
         live_server.url,

@@ -175,7 +175,7 @@ def test_the_cpu_image_serves_an_adapter_and_answers_an_ab_run(
     command = [
         sys.executable,
         "-m",
-        "tuneship.cli",
+        "tuneship.entrypoints.cli",
         "serve",
         "--runtime",
         "docker",
@@ -209,7 +209,7 @@ def test_the_cpu_image_serves_an_adapter_and_answers_an_ab_run(
             [
                 sys.executable,
                 "-m",
-                "tuneship.cli",
+                "tuneship.entrypoints.cli",
                 "ab",
                 "--endpoint",
                 f"http://127.0.0.1:{port}/v1",

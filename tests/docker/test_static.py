@@ -14,7 +14,7 @@ DOCKERFILES = sorted(DOCKER.glob("*.Dockerfile"))
 
 
 def versions() -> dict[str, str]:
-    from tuneship.serve.docker import pinned_versions
+    from tuneship.serve.container import pinned_versions
 
     return pinned_versions(DOCKER / "versions.env")
 

@@ -6,16 +6,18 @@ import sys
 import pytest
 from helpers import tiny_config, write_rows
 
+from tuneship.adapters import check_adapter, fitting_max_lora_rank
 from tuneship.artifacts import read_json, sha256_file
 from tuneship.errors import ArtifactError
 from tuneship.export.adapter import export_adapter
-from tuneship.export.check import check_adapter, fitting_max_lora_rank
 from tuneship.export.manifest import verify_export
 from tuneship.export.merge import export_merged
 
 
 def _tuneship(*args):
-    return subprocess.run([sys.executable, "-m", "tuneship.cli", *args], capture_output=True, text=True)
+    return subprocess.run(
+        [sys.executable, "-m", "tuneship.entrypoints.cli", *args], capture_output=True, text=True
+    )
 
 
 @pytest.fixture(scope="module")
@@ -78,7 +80,7 @@ def test_verify_names_a_file_with_one_flipped_byte(merged, tmp_path):
 
 
 def test_qlora_adapter_merges_into_full_precision_weights(tiny_base, ticket_rows, tmp_path, capsys):
-    from tuneship.train.train import train_model
+    from tuneship.train.sft import train_model
 
     data = write_rows(tmp_path / "train.jsonl", ticket_rows[:16])
     run = train_model(tiny_config(tiny_base, data, tmp_path / "runs", "q", method="qlora", max_steps=2))

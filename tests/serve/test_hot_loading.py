@@ -19,7 +19,7 @@ MESSAGES = [{"role": "user", "content": "My invoice is wrong, please help."}]
 
 
 def _tuneship(server, *args):
-    command = [sys.executable, "-m", "tuneship.cli", "adapters", *args]
+    command = [sys.executable, "-m", "tuneship.entrypoints.cli", "adapters", *args]
     if args[0] != "add":
         command += ["--endpoint", server.url]
     env = {**os.environ, "TUNESHIP_API_KEY": API_KEY, "TUNESHIP_REGISTRY": server.config.registry}
@@ -146,7 +146,7 @@ def test_api_key_is_enforced(live_server):
         response = _load(live_server, {"lora_name": "tiny-alt", "lora_path": "x"}, key=key)
         assert response.status_code == 401 and "API key" in response.text
     env = {k: v for k, v in os.environ.items() if k != "TUNESHIP_API_KEY"}
-    command = [sys.executable, "-m", "tuneship.cli", "adapters", "unload", "tiny-alt"]
+    command = [sys.executable, "-m", "tuneship.entrypoints.cli", "adapters", "unload", "tiny-alt"]
     cli = subprocess.run([*command, "--endpoint", live_server.url], capture_output=True, text=True, env=env)
     assert cli.returncode == 1 and "401" in cli.stderr and "Traceback" not in cli.stderr
 

@@ -91,7 +91,7 @@ def test_serve_merged_export_answers_like_the_adapter_and_stops_cleanly(
     from helpers import free_port
 
     port = free_port()
-    command = [sys.executable, "-m", "tuneship.cli", "serve", "--merged", str(tiny_export.out)]
+    command = [sys.executable, "-m", "tuneship.entrypoints.cli", "serve", "--merged", str(tiny_export.out)]
     command += ["--port", str(port), "--kv-cache-gb", "1", "--max-model-len", "512"]
     command += ["--log-file", str(tmp_path / "serve.log")]
     cli = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

@@ -84,7 +84,7 @@ def test_data_check_command_shows_stats_and_loss_tokens(tuneship_home):
     from click.testing import CliRunner
     from helpers import TICKETS
 
-    from tuneship.cli import cli
+    from tuneship.entrypoints.cli import cli
 
     result = CliRunner().invoke(cli, ["data", "check", str(TICKETS / "train.jsonl"), "--max-length", "120"])
     assert result.exit_code == 0, result.output

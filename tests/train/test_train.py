@@ -10,12 +10,12 @@ import torch
 from helpers import free_port, tiny_config, write_rows
 from safetensors.torch import load_file
 
+from tuneship.adapters import check_adapter
 from tuneship.artifacts import read_json, read_yaml, sha256_file
 from tuneship.config import load_config
 from tuneship.errors import ArtifactError
-from tuneship.export.check import check_adapter
 from tuneship.train.config import TrainConfig
-from tuneship.train.train import train_model
+from tuneship.train.sft import train_model
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,7 @@ def test_packed_batches_have_no_padding(tiny_base, small_data, tmp_path):
 
 
 def test_auto_packing_follows_the_padding_it_would_save():
-    from tuneship.train.train import expected_padding, use_packing
+    from tuneship.train.sft import expected_padding, use_packing
 
     assert expected_padding([10] * 16, 8) == 0.0
     assert expected_padding([10, 30] * 8, 8) == pytest.approx(1 - 20 / 30)
@@ -131,7 +131,7 @@ def test_packed_sequences_do_not_attend_across_examples(tiny_base):
 
 
 def _cli(*args):
-    return [sys.executable, "-m", "tuneship.cli", "train", *args]
+    return [sys.executable, "-m", "tuneship.entrypoints.cli", "train", *args]
 
 
 def test_resume_after_sigkill_finishes_with_the_right_step_count(tiny_base, small_data, tmp_path):
@@ -177,7 +177,7 @@ def test_resume_after_sigkill_finishes_with_the_right_step_count(tiny_base, smal
 def test_two_process_data_parallel_run_gives_a_valid_adapter(tiny_base, small_data, tmp_path):
     """torchrun with 2 CPU processes (gloo): one report, one adapter, the right step count."""
     command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2"]
-    command += ["--master_port", str(free_port()), "-m", "tuneship.cli", "train"]
+    command += ["--master_port", str(free_port()), "-m", "tuneship.entrypoints.cli", "train"]
     command += ["--data", str(small_data), "--base", str(tiny_base), "--runs-dir", str(tmp_path)]
     command += ["--name", "ddp", "--max-steps", "3", "--batch-size", "2", "--precision", "fp32"]
     command += ["--max-length", "160", "--eval-fraction", "0"]

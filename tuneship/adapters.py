@@ -1,7 +1,8 @@
-"""Can vLLM serve this adapter? Checks that run before anything is loaded.
+"""The adapter contract: find a PEFT adapter, hash its content, and say whether vLLM can serve it.
 
-The serve stage calls :func:`check_adapter` before it passes an adapter to vLLM, so a
-bad adapter is refused with its reason instead of failing inside the engine.
+Export (``adapters check``, adapter-only export), serve (before vLLM sees an adapter), the
+registry and the hot-load guard all call :func:`check_adapter`, so a bad adapter is refused
+with its reason instead of failing inside the engine.
 """
 
 from __future__ import annotations
@@ -9,12 +10,26 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tuneship.artifacts import ADAPTER_CONFIG, ADAPTER_DIR, LINEAGE, MODEL_DIR, RUN_CONFIG, read_json
+from tuneship.artifacts import (
+    ADAPTER_CONFIG,
+    ADAPTER_DIR,
+    ADAPTER_WEIGHTS,
+    MODEL_DIR,
+    RUN_CONFIG,
+    hash_dir,
+    read_json,
+)
 from tuneship.errors import ArtifactError
+from tuneship.lineage import read_lineage
 
 # The values vLLM accepts for --max-lora-rank (vllm/config/lora.py).
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
-WEIGHT_FILES = ("adapter_model.safetensors", "adapter_model.bin")
+WEIGHT_FILES = (ADAPTER_WEIGHTS, "adapter_model.bin")
+
+
+def adapter_hash(path: Path) -> str:
+    """Content hash of an adapter: its config and weights (what decides its outputs)."""
+    return hash_dir(Path(path), "adapter_*")
 
 
 @dataclass
@@ -115,9 +130,10 @@ def check_adapter(path: Path | str, base_sha256: str | None = None) -> AdapterRe
         problem = _safetensors_problem(weights[0])
         if problem:
             report.problems.append(problem)
-    if (path / LINEAGE).is_file():
-        lineage = read_json(path / LINEAGE).get("base_model", {})
-        report.base_name, report.base_sha256 = lineage.get("name"), lineage.get("weights_sha256")
+    lineage = read_lineage(path)
+    if lineage is not None and lineage.base_model is not None:
+        report.base_name = lineage.base_model.name
+        report.base_sha256 = lineage.base_model.weights_sha256
         if base_sha256 and report.base_sha256 and report.base_sha256 != base_sha256:
             report.problems.append(
                 f"trained on a different base model (weights sha256 {report.base_sha256[:12]}, "

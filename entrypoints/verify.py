@@ -28,11 +28,12 @@ from typing import Any
 
 import httpx
 
-from tuneship.artifacts import ADAPTER_DIR, CHAT_TEMPLATE, RUN_CONFIG, read_yaml, write_json
+from tuneship.artifacts import ADAPTER_DIR, RUN_CONFIG, read_yaml, write_json
+from tuneship.chat import end_of_sequence_ids, render_prompt, run_chat_template
 from tuneship.clients.report import one_line
 from tuneship.clients.runner import complete_with_retries, list_models, make_client
 from tuneship.errors import ArtifactError, EvalError
-from tuneship.models import end_of_sequence_ids
+from tuneship.models import base_of_adapter, load_peft
 
 # Served bf16 (vLLM-CPU) against local fp32 PEFT, greedy, 48 tokens, default model on the
 # ticket task: an adapter after 8 steps agreed on 7 of 8 held-out prompts (the miss: a
@@ -89,8 +90,6 @@ def _tokenize_url(endpoint: str) -> str:
 def check_template(
     settings: FidelitySettings, prompts: list[list[dict]], tokenizer: Any, template: str
 ) -> dict:
-    from tuneship.train.render import render_prompt
-
     headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
     mismatches = []
     for messages in prompts:
@@ -148,8 +147,6 @@ def _local_answers(
     """Greedy answers of a local model: (text, stopped at one of ``stop_ids``)."""
     import torch
 
-    from tuneship.train.render import render_prompt
-
     out = []
     with torch.no_grad():
         for messages in prompts:
@@ -172,8 +169,6 @@ def verify_fidelity(settings: FidelitySettings) -> dict:
     """Run the four checks; writes fidelity.json and fidelity.md and returns the result."""
     from transformers import AutoTokenizer
 
-    from tuneship.export.merge import adapter_base, load_peft
-
     run_dir = Path(settings.run)
     if not (run_dir / RUN_CONFIG).is_file() or not (run_dir / ADAPTER_DIR).is_dir():
         raise ArtifactError(f"{run_dir}: not a finished training run (needs {RUN_CONFIG} and {ADAPTER_DIR}/)")
@@ -185,10 +180,9 @@ def verify_fidelity(settings: FidelitySettings) -> dict:
         )
     base_model = settings.base_model or models[settings.model].get("parent")
     adapter = run_dir / ADAPTER_DIR
-    base = adapter_base(adapter, None)
+    base = base_of_adapter(adapter)
     tokenizer = AutoTokenizer.from_pretrained(base.path)
-    template_file = run_dir / CHAT_TEMPLATE
-    template = template_file.read_text() if template_file.is_file() else tokenizer.chat_template
+    template = run_chat_template(run_dir, tokenizer)
     train_prompts, held_out = _conversations(run, settings.samples, settings.seed)
     if not held_out:
         raise EvalError(f"the data files recorded in {run_dir / RUN_CONFIG} are gone; fidelity needs them")

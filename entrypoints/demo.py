@@ -22,15 +22,15 @@ ADAPTER_NAME = "tickets"
 
 def run_demo(workdir: Path, max_steps: int | None = None, port: int = 8011) -> dict:
     from tuneship.clients.evaluate import EvalSettings, ab_compare
-    from tuneship.clients.fidelity import FidelitySettings, verify_fidelity
     from tuneship.clients.report import ab_table
     from tuneship.clients.runner import Sampling
     from tuneship.config import load_config
+    from tuneship.entrypoints.verify import FidelitySettings, verify_fidelity
     from tuneship.export.merge import export_merged
     from tuneship.models import resolve_base
     from tuneship.serve.server import ServeConfig, VLLMServer
     from tuneship.train.config import TrainConfig
-    from tuneship.train.train import train_model
+    from tuneship.train.sft import train_model
 
     console = Console()
     started = time.time()

@@ -4,13 +4,16 @@ import time
 
 from click.testing import CliRunner
 
-from tuneship.cli import cli
+from tuneship.entrypoints.cli import cli
 
 
 def test_help_is_fast_and_lists_the_commands():
     started = time.perf_counter()
     out = subprocess.run(
-        [sys.executable, "-m", "tuneship.cli", "--help"], capture_output=True, text=True, check=True
+        [sys.executable, "-m", "tuneship.entrypoints.cli", "--help"],
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout
     # Interpreter start included; heavy libraries must not load for --help.
     assert time.perf_counter() - started < 2.0
@@ -20,8 +23,8 @@ def test_help_is_fast_and_lists_the_commands():
 
 def test_help_does_not_import_heavy_libraries():
     code = (
-        "import sys, tuneship.cli; from click.testing import CliRunner; "
-        "CliRunner().invoke(tuneship.cli.cli, ['train', '--help']); "
+        "import sys, tuneship.entrypoints.cli; from click.testing import CliRunner; "
+        "CliRunner().invoke(tuneship.entrypoints.cli.cli, ['train', '--help']); "
         "print([m for m in ('torch', 'transformers', 'trl', 'peft', 'vllm') if m in sys.modules])"
     )
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "[]"

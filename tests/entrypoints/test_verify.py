@@ -11,7 +11,7 @@ import shutil
 import pytest
 from helpers import API_KEY, TICKETS, flaky_proxy, free_port, make_adapter
 
-from tuneship.clients.fidelity import FidelitySettings, verify_fidelity
+from tuneship.entrypoints.verify import FidelitySettings, verify_fidelity
 
 OTHER_TEMPLATE = (
     "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
@@ -25,7 +25,7 @@ def smol_run(default_base, tmp_path_factory):
     """A short LoRA run on the default model: enough to change its answers to the tickets."""
     from tuneship.config import load_config
     from tuneship.train.config import TrainConfig
-    from tuneship.train.train import train_model
+    from tuneship.train.sft import train_model
 
     work = tmp_path_factory.mktemp("smol-run")
     config = load_config(
@@ -107,7 +107,7 @@ def test_a_server_without_tokenize_leaves_the_template_not_checked(smol_server, 
     """Through a proxy that forwards only /v1: /tokenize is missing, so never 'passed'."""
     from transformers import AutoTokenizer
 
-    from tuneship.clients.fidelity import check_template
+    from tuneship.entrypoints.verify import check_template
     from tuneship.models import resolve_base
 
     run_template = (smol_run.run_dir / "chat_template.jinja").read_text()

@@ -23,7 +23,6 @@ from tuneship.artifacts import (
     ADAPTER_DIR,
     CHAT_TEMPLATE,
     CHECKPOINTS_DIR,
-    LINEAGE,
     LOSS_PLOT,
     METRICS,
     MODEL_DIR,
@@ -31,12 +30,12 @@ from tuneship.artifacts import (
     atomic_dir,
     library_versions,
     sha256_file,
-    sha256_text,
-    write_json,
     write_yaml,
 )
-from tuneship.errors import ArtifactError, ModelError
-from tuneship.models import BaseModel, resolve_base
+from tuneship.chat import resolve_chat_template, template_sha256
+from tuneship.errors import ArtifactError
+from tuneship.lineage import DataRecord, Lineage, write_lineage
+from tuneship.models import ResolvedBase, resolve_base
 from tuneship.train.config import TrainConfig
 from tuneship.train.data import load_dataset
 from tuneship.train.metrics import MetricsWriter, write_loss_plot
@@ -95,14 +94,12 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return max(complete, key=lambda p: int(p.name.split("-")[-1]), default=None)
 
 
-def load_tokenizer(base: BaseModel, template_file: str) -> tuple[Any, str]:
+def load_tokenizer(base: ResolvedBase, template_file: str) -> tuple[Any, str]:
+    """The base's tokenizer with the run's chat template set on it (tuneship.chat resolves it)."""
     from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(base.path)
-    template = Path(template_file).read_text() if template_file else tokenizer.chat_template
-    if not template:
-        raise ModelError(f"{base.path}: the tokenizer has no chat template; pass --chat-template FILE")
-    tokenizer.chat_template = template
+    template = resolve_chat_template(tokenizer, template_file or None)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer, template
@@ -124,7 +121,7 @@ def held_out(config: TrainConfig, rows: list[Rendered], tokenizer: Any, template
     return shuffled[n_eval:], shuffled[:n_eval][: config.eval_max_rows]
 
 
-def load_model(config: TrainConfig, base: BaseModel, bf16: bool) -> tuple[Any, Any]:
+def load_model(config: TrainConfig, base: ResolvedBase, bf16: bool) -> tuple[Any, Any]:
     """The base model and the PEFT config for the chosen method (None for full fine-tuning)."""
     import torch
     from peft import LoraConfig, PromptTuningConfig, prepare_model_for_kbit_training
@@ -326,22 +323,22 @@ def train_model(config: TrainConfig, force: bool = False, resume: bool = False) 
         "padding_fraction": round(padding, 4),
         "packing": bool(trainer.args.packing),
     }
-    lineage = {
-        "kind": "full-model" if config.method == "full" else "adapter",
-        "method": config.method,
-        "base_model": base.identity(),
-        "data": {
-            "path": str(data.path),
-            "sha256": _data_hash(data.path),
-            "format": data.format,
-            "examples": len(data.examples),
-            "skipped": len(data.problems),
-        },
-        "chat_template_sha256": sha256_text(template),
-        "loss_on": config.loss_on,
-        "seed": config.seed,
-        "versions": library_versions(),
-    }
+    lineage = Lineage(
+        kind="full-model" if config.method == "full" else "adapter",
+        method=config.method,
+        base_model=base.identity(),
+        data=DataRecord(
+            path=str(data.path),
+            sha256=_data_hash(data.path),
+            format=data.format,
+            examples=len(data.examples),
+            skipped=len(data.problems),
+        ),
+        chat_template_sha256=template_sha256(template),
+        loss_on=config.loss_on,
+        seed=config.seed,
+        versions=library_versions(),
+    )
     output_dir = run_dir / (MODEL_DIR if config.method == "full" else ADAPTER_DIR)
     # Every process takes part in gathering the weights (FSDP shards them); one writes them.
     state_dict = trainer.accelerator.get_state_dict(trainer.model)
@@ -360,7 +357,7 @@ def save_run(
     config: TrainConfig,
     run_dir: Path,
     output_dir: Path,
-    lineage: dict,
+    lineage: Lineage,
     summary: dict,
 ) -> None:
     """Write the adapter (or model) atomically, then the run record and the loss plot."""
@@ -368,9 +365,10 @@ def save_run(
         model.save_pretrained(tmp, state_dict=state_dict)
         if config.method == "full":
             tokenizer.save_pretrained(tmp)
-        write_json(tmp / LINEAGE, lineage)
+        write_lineage(tmp, lineage)
     (run_dir / CHAT_TEMPLATE).write_text(template)
-    write_yaml(run_dir / RUN_CONFIG, {"config": asdict(config), "lineage": lineage, "result": summary})
+    record = {"config": asdict(config), "lineage": lineage.model_dump(mode="json", exclude_none=True)}
+    write_yaml(run_dir / RUN_CONFIG, {**record, "result": summary})
     write_loss_plot(run_dir / METRICS, run_dir / LOSS_PLOT)
 
 

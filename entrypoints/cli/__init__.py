@@ -117,7 +117,7 @@ def train(config_file: str | None, resume: bool, force: bool, **overrides: Any) 
     """
     from tuneship.config import load_config
     from tuneship.train.config import TrainConfig
-    from tuneship.train.train import is_main_process, train_model
+    from tuneship.train.sft import is_main_process, train_model
 
     config = load_config(TrainConfig, config_file, **overrides)
     result = train_model(config, force=force, resume=resume)
@@ -259,7 +259,7 @@ def adapters_check(path: str, base: str | None) -> None:
 
     Exits 1 when it cannot.
     """
-    from tuneship.export.check import check_adapter, locate_adapter
+    from tuneship.adapters import check_adapter, locate_adapter
 
     adapter = locate_adapter(path)
     base_sha = None
@@ -432,7 +432,7 @@ def serve(
         **options,
     )
     if runtime == "docker":
-        from tuneship.serve.docker import DockerServer
+        from tuneship.serve.container import DockerServer
 
         server: VLLMServer = DockerServer(config, image=image, network=docker_network)
         click.echo(f"Container image: {server.spec.image}")  # type: ignore[attr-defined]
@@ -603,7 +603,7 @@ def verify(**options: Any) -> None:
 
     Exits 1 when a check fails (a CI gate); a check the server cannot support is "not checked".
     """
-    from tuneship.clients.fidelity import FidelitySettings, verify_fidelity
+    from tuneship.entrypoints.verify import FidelitySettings, verify_fidelity
 
     result = verify_fidelity(FidelitySettings(**options))
     click.echo((Path(result["report"])).read_text())
@@ -624,7 +624,7 @@ def verify(**options: Any) -> None:
 @friendly_errors
 def demo(workdir: str, max_steps: int | None, port: int) -> None:
     """Run the whole path on the default model and the support-ticket example."""
-    from tuneship.demo import run_demo
+    from tuneship.entrypoints.demo import run_demo
 
     run_demo(Path(workdir), max_steps=max_steps, port=port)
 

@@ -1,0 +1,105 @@
+"""The chat-template contract: one owner for resolving, rendering and stopping.
+
+Training renders its examples with the template resolved here, writes it next to the
+adapter (``chat_template.jinja``) and records its hash in the lineage; export writes it
+into the merged model; serve passes it to vLLM (``--chat-template``) when it is not the
+base's own; verify renders prompts with it and compares them, token for token, with
+what the server renders. No other module picks a template or falls back on its own.
+
+Each trained assistant turn is found by rendering the conversation up to that turn
+with the generation prompt (the prefix the server will also produce) and up to the
+end of the turn; the characters in between (the answer and its end-of-turn token)
+carry loss. Working on characters, then mapping to tokens through the tokenizer's
+offsets, makes this independent of how tokens merge at the boundaries.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tuneship.artifacts import CHAT_TEMPLATE, sha256_text
+from tuneship.errors import DataError, ModelError
+
+
+def resolve_chat_template(tokenizer: Any, template_file: str | Path | None = None) -> str:
+    """The template to render with: ``template_file`` when given, else the tokenizer's own.
+
+    Sets it on ``tokenizer`` (so ``save_pretrained`` and ``apply_chat_template`` use it) and
+    returns its text. Raises ModelError when neither exists (a base without a chat template).
+    """
+    if template_file:
+        path = Path(template_file)
+        if not path.is_file():
+            raise ModelError(f"chat template {path}: no such file")
+        template = path.read_text()
+    else:
+        template = tokenizer.chat_template
+    if not template or not isinstance(template, str):
+        raise ModelError(
+            f"{getattr(tokenizer, 'name_or_path', 'the tokenizer')}: no chat template; "
+            "pass --chat-template FILE"
+        )
+    tokenizer.chat_template = template
+    return template
+
+
+def run_chat_template(run_dir: str | Path, tokenizer: Any) -> str:
+    """The template a finished run trained with (``RUN/chat_template.jinja``), set on ``tokenizer``.
+
+    Every run writes the file; a directory without it (a bare adapter) gets the tokenizer's own.
+    """
+    file = Path(run_dir) / CHAT_TEMPLATE
+    return resolve_chat_template(tokenizer, file if file.is_file() else None)
+
+
+def template_sha256(template: str) -> str:
+    """Hash of a template's text, as recorded in lineage (``chat_template_sha256``)."""
+    return sha256_text(template)
+
+
+def _apply(messages: list[dict], tokenizer: Any, chat_template: str | None, generation_prompt: bool) -> str:
+    plain = [{"role": m["role"], "content": m["content"]} for m in messages]
+    return tokenizer.apply_chat_template(
+        plain, tokenize=False, add_generation_prompt=generation_prompt, chat_template=chat_template
+    )
+
+
+def trained_spans(
+    messages: list[dict], tokenizer: Any, chat_template: str | None
+) -> tuple[str, list[tuple[int, int]]]:
+    """The rendered text and the character spans ``[start, end)`` of the trained assistant turns.
+
+    Raises DataError when the template does not render conversations incrementally.
+    """
+    text = _apply(messages, tokenizer, chat_template, generation_prompt=False)
+    spans = []
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant" or not message.get("weight", 1):
+            continue
+        start = _apply(messages[:i], tokenizer, chat_template, generation_prompt=True)
+        end = _apply(messages[: i + 1], tokenizer, chat_template, generation_prompt=False)
+        if not text.startswith(start) or not text.startswith(end) or len(end) <= len(start):
+            raise DataError(
+                "the chat template does not render conversations incrementally, so the assistant turns "
+                "cannot be located; train with --loss-on all or supply a template with --chat-template"
+            )
+        spans.append((len(start), len(end)))
+    return text, spans
+
+
+def render_prompt(messages: list[dict], tokenizer: Any, chat_template: str | None = None) -> list[int]:
+    """Token ids of a prompt exactly as training rendered the context before an assistant turn."""
+    text = _apply(messages, tokenizer, chat_template, generation_prompt=True)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def end_of_sequence_ids(tokenizer: Any, model_dir: Path) -> list[int]:
+    """The ids a server stops on for this model: the tokenizer's eos plus the generation config's."""
+    from transformers import GenerationConfig
+
+    ids = {tokenizer.eos_token_id}
+    if (Path(model_dir) / "generation_config.json").is_file():
+        configured = GenerationConfig.from_pretrained(model_dir).eos_token_id
+        ids |= set(configured if isinstance(configured, (list, tuple)) else [configured])
+    return sorted(i for i in ids if i is not None)
