@@ -20,6 +20,7 @@ COPY train/ train/
 COPY export/ export/
 COPY serve/ serve/
 COPY clients/ clients/
+COPY entrypoints/ entrypoints/
 # One venv with everything; the CPU build of vLLM pulls vision/audio packages that break
 # the text-only path (see the top-level Makefile), so they are removed again.
 RUN python3 -m venv /opt/venv \

@@ -19,6 +19,7 @@ COPY train/ train/
 COPY export/ export/
 COPY serve/ serve/
 COPY clients/ clients/
+COPY entrypoints/ entrypoints/
 # hadolint ignore=DL3013
 # (the unpinned "." is this source tree; everything else is pinned)
 RUN if [ "$OFFLINE" = "1" ]; then export PIP_NO_INDEX=1 PIP_FIND_LINKS=/wheelhouse; fi \

@@ -18,6 +18,7 @@ COPY train/ train/
 COPY export/ export/
 COPY serve/ serve/
 COPY clients/ clients/
+COPY entrypoints/ entrypoints/
 # torch comes from the base image; everything else tuneship trains with is added.
 RUN if [ "$OFFLINE" = "1" ]; then export PIP_NO_INDEX=1 PIP_FIND_LINKS=/wheelhouse; fi \
  && python3 -m pip install . "bitsandbytes==0.50.2" \
