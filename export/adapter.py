@@ -1,9 +1,11 @@
-"""Adapter-only export: a clean PEFT directory (config + safetensors, nothing else).
+"""Adapter-only export: a clean PEFT directory (config + safetensors + the chat template it was
+trained with, nothing else).
 
     tuneship export runs/tickets --adapter-only --out exports/tickets-adapter
 
-ready for ``vllm serve --lora-modules`` or for publishing. The adapter is checked first;
-an unreadable one is refused, and what vLLM would refuse is reported.
+ready for ``vllm serve --lora-modules`` (with ``--chat-template DIR/chat_template.jinja``) or for
+publishing. The adapter is checked first; an unreadable one is refused, and what vLLM would
+refuse is reported.
 """
 
 from __future__ import annotations
@@ -11,14 +13,18 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from tuneship.adapters import AdapterReport, check_adapter
-from tuneship.artifacts import ADAPTER_CONFIG, ADAPTER_WEIGHTS, atomic_dir
+from tuneship.adapters import AdapterReport, adapter_chat_template, check_adapter
+from tuneship.artifacts import ADAPTER_CONFIG, ADAPTER_WEIGHTS, CHAT_TEMPLATE, atomic_dir
 from tuneship.errors import ArtifactError
 from tuneship.export.merge import find_adapter
 
 
 def export_adapter(source: Path | str, out: Path | str, force: bool = False) -> AdapterReport:
-    """Copy the adapter's config and weights (as safetensors) to ``out``; returns the check report."""
+    """Copy the adapter's config, weights (as safetensors) and chat template to ``out``.
+
+    The template comes from the adapter directory, else from its run (older runs); an adapter
+    that has none gets none. Returns the check report; raises ArtifactError for an unreadable adapter.
+    """
     out = Path(out)
     if out.exists() and not force:
         raise ArtifactError(f"{out} already exists; pass --force to replace it")
@@ -27,8 +33,11 @@ def export_adapter(source: Path | str, out: Path | str, force: bool = False) -> 
     broken = [p for p in report.problems if "unreadable" in p or "no adapter weights" in p or "holds no" in p]
     if broken:
         raise ArtifactError(f"{adapter}: {'; '.join(broken)}")
+    template = adapter_chat_template(adapter).file
     with atomic_dir(out, force=force) as tmp:
         shutil.copyfile(adapter / ADAPTER_CONFIG, tmp / ADAPTER_CONFIG)
+        if template is not None:
+            shutil.copyfile(template, tmp / CHAT_TEMPLATE)
         if (adapter / ADAPTER_WEIGHTS).is_file():
             shutil.copyfile(adapter / ADAPTER_WEIGHTS, tmp / ADAPTER_WEIGHTS)
         else:  # an older PEFT pickle: convert, so nothing unsafe is published

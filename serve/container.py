@@ -4,7 +4,9 @@ The container specification (image, command, mounts, environment, ports, GPU req
 is built from the same checked configuration as a local server; the Docker SDK runs it
 where an engine answers (``DOCKER_HOST`` or the default socket). Inside the container:
 the model at ``/models/base``, start-time adapters at ``/adapters/NAME``, the registry
-at ``/registry``, vLLM listening on 0.0.0.0:8000, published on the host's ``--host:--port``.
+at ``/registry``, the adapters' chat template (when it is not the base's own) at
+``/templates/chat_template.jinja``, vLLM listening on 0.0.0.0:8000, published on the host's
+``--host:--port``.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ CONTAINER_PORT = 8000
 MODEL_MOUNT = "/models/base"
 REGISTRY_MOUNT = "/registry"
 ADAPTERS_MOUNT = "/adapters"
+TEMPLATE_MOUNT = "/templates/chat_template.jinja"  # one file, wherever it lies on the host
 
 
 def pinned_versions(path: Path = VERSIONS_FILE) -> dict[str, str]:
@@ -96,6 +99,9 @@ def container_spec(server: VLLMServer, image: str | None = None, network: str = 
         else:
             adapter_paths[name] = f"{ADAPTERS_MOUNT}/{name}"
             mounts[str(Path(path).resolve())] = {"bind": adapter_paths[name], "mode": "ro"}
+    template = server.chat_template.file
+    if template is not None:
+        mounts[str(template.resolve())] = {"bind": TEMPLATE_MOUNT, "mode": "ro"}
     command = build_vllm_args(
         config,
         server.base,
@@ -106,6 +112,7 @@ def container_spec(server: VLLMServer, image: str | None = None, network: str = 
         model_path=MODEL_MOUNT,
         host=config.host if network == "host" else "0.0.0.0",
         port=config.port if network == "host" else CONTAINER_PORT,
+        chat_template=TEMPLATE_MOUNT if template is not None else None,
     )
     # The image's entrypoint is vLLM's server; the command carries only its arguments.
     arguments = command[3:]

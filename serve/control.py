@@ -1,6 +1,6 @@
 """Talk to a running server about its adapters: list, load (hot), unload.
 
-    tuneship adapters list   --endpoint http://127.0.0.1:8000/v1
+    tuneship adapters list   --endpoint http://127.0.0.1:8000/v1 --registry registry
     tuneship adapters load   tickets-v2 --registry registry --api-key KEY [--replace]
     tuneship adapters unload tickets-v2 --api-key KEY
 
@@ -12,13 +12,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import httpx
 
 from tuneship.adapters import adapter_hash, check_adapter
 from tuneship.artifacts import ADAPTER_CONFIG
 from tuneship.errors import ServerError
-from tuneship.serve.registry import Registry
+from tuneship.serve.registry import Entry, Registry
 
 
 @dataclass
@@ -27,6 +28,28 @@ class Live:
     parent: str | None  # the base model an adapter belongs to (None for the base itself)
     path: str | None
     sha256: str | None  # content hash, when the path is readable from here
+
+
+AdapterState = Literal["live", "not loaded", "live with other content"]
+
+
+@dataclass
+class RegistryRow:
+    """One registry adapter and whether the server serves it, with this content."""
+
+    entry: Entry
+    state: AdapterState
+
+
+@dataclass
+class Status:
+    """What a running server serves and what the registry holds, side by side."""
+
+    endpoint: str
+    live: list[Live]
+    server_error: str | None  # why the server could not be asked (None: it answered)
+    registry: str
+    adapters: list[RegistryRow]
 
 
 def _request(method: str, url: str, api_key: str | None, **kwargs) -> httpx.Response:
@@ -89,3 +112,27 @@ def unload(endpoint: str, name: str, api_key: str | None) -> None:
     response = _request("POST", f"{endpoint.rstrip('/')}/unload_lora_adapter", api_key, json=body)
     if response.status_code != 200:
         raise ServerError(f"the server did not unload {name} ({response.status_code}): {_error(response)}")
+
+
+def status(endpoint: str, api_key: str | None, registry: Path | str) -> Status:
+    """The live models at ``endpoint`` and each registry adapter's state there.
+
+    An unreachable server is not an error here: ``server_error`` says why, and every
+    registry adapter is "not loaded".
+    """
+    live: dict[str, Live] = {}
+    error = None
+    try:
+        live = {m.name: m for m in list_live(endpoint, api_key)}
+    except ServerError as e:
+        error = str(e)
+    rows = []
+    for entry in Registry(registry).entries():
+        served = live.get(entry.name)
+        state: AdapterState = "not loaded"
+        if served is not None and served.sha256 == entry.sha256:
+            state = "live"
+        elif served is not None and served.sha256 is not None:
+            state = "live with other content"
+        rows.append(RegistryRow(entry, state))
+    return Status(endpoint, list(live.values()), error, str(registry), rows)

@@ -7,8 +7,9 @@ model name onto a directory unchecked. tuneship turns those off and puts these i
 - :class:`RegistryGuard` (``--middleware tuneship.serve.guard.RegistryGuard``) sits
   in front of ``/v1/load_lora_adapter`` and ``/v1/unload_lora_adapter``: it demands
   the API key, accepts only adapters inside the registry root (no ``..``, no symlink
-  out), runs the export stage's adapter check against the served base and the
-  server's ``--max-lora-rank``, and refuses with the reason (HTTP 400/401/404).
+  out), runs the adapter check against the served base, the server's ``--max-lora-rank``
+  and the chat template the server applies (vLLM applies one per server), and refuses
+  with the reason (HTTP 400/401/404).
 - :func:`register_resolver` (entry point ``vllm.general_plugins: tuneship_registry``)
   loads an adapter on the first request that names it, under the same rules.
 
@@ -32,6 +33,7 @@ from tuneship.serve.registry import confined, confined_path
 REGISTRY_ENV = "TUNESHIP_REGISTRY_ROOT"
 BASE_SHA_ENV = "TUNESHIP_BASE_SHA256"
 MAX_RANK_ENV = "TUNESHIP_MAX_LORA_RANK"
+TEMPLATE_SHA_ENV = "TUNESHIP_CHAT_TEMPLATE_SHA256"  # of the chat template the server applies
 LIVE_ENV = "TUNESHIP_LIVE_ADAPTERS"  # JSON {name: content sha256} of the adapters served from the start
 LOAD_PATH = "/v1/load_lora_adapter"
 UNLOAD_PATH = "/v1/unload_lora_adapter"
@@ -47,6 +49,7 @@ class GuardSettings:
     base_sha256: str | None
     max_rank: int
     api_key: str | None
+    chat_template_sha256: str | None = None  # None: not known, not checked
 
     @classmethod
     def from_env(cls) -> GuardSettings:
@@ -56,6 +59,7 @@ class GuardSettings:
             base_sha256=os.environ.get(BASE_SHA_ENV) or None,
             max_rank=int(os.environ.get(MAX_RANK_ENV, "0") or 0),
             api_key=os.environ.get("VLLM_API_KEY") or None,
+            chat_template_sha256=os.environ.get(TEMPLATE_SHA_ENV) or None,
         )
 
     def adapter_path(self, path: str | None = None, name: str | None = None) -> Path:
@@ -63,7 +67,9 @@ class GuardSettings:
         if self.registry is None:
             raise ArtifactError("hot loading is off: the server was started without --registry")
         adapter = confined_path(self.registry, path) if path else confined(self.registry, name or "")
-        report = check_adapter(adapter, base_sha256=self.base_sha256)
+        report = check_adapter(
+            adapter, base_sha256=self.base_sha256, chat_template_sha256=self.chat_template_sha256
+        )
         problems = list(report.problems)
         if report.rank and self.max_rank and report.rank > self.max_rank:
             problems.append(

@@ -17,22 +17,29 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from tuneship.adapters import VLLM_LORA_RANKS, adapter_hash, check_adapter, fitting_max_lora_rank
+from tuneship.adapters import (
+    TemplatePlan,
+    adapter_hash,
+    check_adapter,
+    fitting_max_lora_rank,
+    plan_chat_template,
+)
 from tuneship.artifacts import MANIFEST
-from tuneship.config import opt
-from tuneship.errors import ServerError, TuneshipError
+from tuneship.chat import model_chat_template
+from tuneship.errors import ArtifactError, ServerError, TuneshipError
 from tuneship.models import ResolvedBase, resolve_base
-from tuneship.serve.guard import BASE_SHA_ENV, LIVE_ENV, MAX_RANK_ENV, REGISTRY_ENV
+from tuneship.serve.config import ServeConfig
+from tuneship.serve.guard import BASE_SHA_ENV, LIVE_ENV, MAX_RANK_ENV, REGISTRY_ENV, TEMPLATE_SHA_ENV
 from tuneship.serve.registry import Registry
 
-LOOPBACK = ("127.0.0.1", "localhost", "::1")
 # Engine settings a user's own environment may override.
 CPU_DEFAULTS = ("VLLM_CPU_KVCACHE_SPACE", "HF_HUB_OFFLINE", "VLLM_NO_USAGE_STATS", "DO_NOT_TRACK")
 # Measured with bench/serve_throughput.py (see the README); the serve command repeats it.
@@ -41,47 +48,6 @@ MERGED_SPEEDUP = (
     "measured 3.1x (1 request) to 6.4x (16 at once) the output tokens/s of LoRA serving "
     "on 2 CPU threads, bench/serve_throughput.py)"
 )
-
-
-@dataclass
-class ServeConfig:
-    """Settings of one vLLM server."""
-
-    base: str = opt("default", "base model: 'default', a model or export directory, or a hub id")
-    merged: str = opt("", "serve this merged export (tuneship export) instead of base + adapters")
-    served_name: str = opt("", "name the base model is served under (default: the model's name)")
-    adapters: dict[str, str] = field(default_factory=dict, metadata={"help": "LoRA adapters, name -> path"})
-    registry: str = opt("", "adapter registry directory: serve all of it; with an API key, hot-load from it")
-    max_lora_rank: int = opt(0, "largest adapter rank the server accepts (0: the smallest that fits)")
-    host: str = opt("127.0.0.1", "interface to bind; anything beyond loopback needs an API key")
-    port: int = opt(8000, "port to listen on")
-    api_key: str = opt("", "API key clients must send (required when binding beyond loopback)")
-    max_loras: int = opt(0, "adapters held at once (0: number of adapters, at least 1)")
-    max_model_len: int = opt(2048, "maximum tokens per request (prompt + output)")
-    kv_cache_gb: int = opt(2, "CPU only: GiB of KV cache (VLLM_CPU_KVCACHE_SPACE)")
-    gpu_memory_utilization: float = opt(0.9, "GPU only: fraction of GPU memory vLLM may use")
-    tensor_parallel_size: int = opt(1, "GPU only: GPUs to shard the model over")
-    log_file: str = opt("", "server log file (default: logs/vllm-PORT.log)")
-    extra_args: list[str] = field(default_factory=list, metadata={"help": "other vLLM flags, passed through"})
-    startup_timeout: float = opt(600.0, "seconds to wait for the server to become ready")
-
-    def check(self) -> list[str]:
-        problems = []
-        if self.host not in LOOPBACK and not self.api_key:
-            problems.append(f"host {self.host} is beyond loopback: set an API key (--api-key)")
-        for name in self.adapters:
-            if not name or "/" in name or name.startswith("."):
-                problems.append(f"adapter name {name!r}: use letters, digits, '-', '_' and '.'")
-        if self.merged and (self.adapters or self.registry):
-            problems.append("--merged serves one merged model; it takes no adapters or registry")
-        if self.max_lora_rank and self.max_lora_rank not in VLLM_LORA_RANKS:
-            problems.append(f"max_lora_rank: vLLM accepts one of {', '.join(map(str, VLLM_LORA_RANKS))}")
-        return problems
-
-    @property
-    def hot_loading(self) -> bool:
-        """Runtime loading is on only with a registry to confine it and a key to guard it."""
-        return bool(self.registry and self.api_key)
 
 
 def has_cuda() -> bool:
@@ -110,11 +76,13 @@ def build_vllm_args(
     model_path: str | None = None,
     host: str | None = None,
     port: int | None = None,
+    chat_template: str | None = None,
 ) -> list[str]:
     """The command line that starts vLLM for this configuration (the API key goes in the environment).
 
-    ``adapters`` maps names to the paths vLLM will see; the keyword arguments override what
-    differs inside a container.
+    ``adapters`` maps names to the paths vLLM will see; ``chat_template``, the path of the template
+    file vLLM applies instead of the base's own (see :func:`plan_chat_template`); the keyword
+    arguments override what differs inside a container.
     """
     args = [
         python,
@@ -152,7 +120,35 @@ def build_vllm_args(
         args += ["--lora-modules", *(f"{name}={path}" for name, path in adapters.items())]
     if config.hot_loading:
         args += ["--middleware", "tuneship.serve.guard.RegistryGuard"]
+    if chat_template:
+        args += ["--chat-template", chat_template]
     return args + list(config.extra_args)
+
+
+def served_chat_template(config: ServeConfig, base: ResolvedBase, adapters: dict[str, str]) -> TemplatePlan:
+    """The chat template this server applies (one for all its models), checked against ``adapters``.
+
+    The default is a ``--chat-template`` among ``extra_args`` (a file or the template itself, as
+    vLLM takes it), else the base's own. Raises ArtifactError when the adapters need another.
+    """
+    extra = list(config.extra_args)
+    given = next((a.split("=", 1)[1] for a in extra if a.startswith("--chat-template=")), None)
+    if "--chat-template" in extra[:-1]:
+        given = extra[extra.index("--chat-template") + 1]
+    if given is None:
+        return plan_chat_template(adapters, model_chat_template(base.path))
+    try:
+        text = Path(given).read_text(encoding="utf-8") if Path(given).is_file() else given
+    except OSError:  # too long for a file name: the template itself
+        text = given
+    plan = plan_chat_template(adapters, text, default=f"the --chat-template given ({given[:60]})")
+    if plan.file:
+        raise ArtifactError(
+            f"{', '.join(plan.adapters)}: trained with chat template {plan.file} "
+            f"(sha256 {(plan.sha256 or '')[:12]}), not the --chat-template given; "
+            "leave it out and tuneship passes theirs"
+        )
+    return plan
 
 
 class VLLMServer:
@@ -179,9 +175,21 @@ class VLLMServer:
                 self.ranks[name] = report.rank
         if problems:
             raise TuneshipError("refusing to serve:\n  " + "\n  ".join(problems))
+        try:  # vLLM applies one chat template per server: the adapters' own, or refuse
+            self.chat_template = served_chat_template(config, self.base, self.adapters)
+        except ArtifactError as e:
+            raise TuneshipError(f"refusing to serve: {e}") from None
         self.gpu = has_cuda()
         local_paths = {name: str(Path(path).resolve()) for name, path in self.adapters.items()}
-        self.args = build_vllm_args(config, self.base, local_paths, self.ranks, self.gpu)
+        template = self.chat_template.file
+        self.args = build_vllm_args(
+            config,
+            self.base,
+            local_paths,
+            self.ranks,
+            self.gpu,
+            chat_template=str(template.resolve()) if template else None,
+        )
         self.log_path = Path(config.log_file or f"logs/vllm-{config.port}.log")
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -196,7 +204,7 @@ class VLLMServer:
 
     def notes(self) -> list[str]:
         """What a user should know about this server beyond its names."""
-        notes = []
+        notes = [self.chat_template.describe()]
         if self.config.hot_loading:
             notes.append(f"Hot loading: on, from {self.config.registry} only (tuneship adapters load NAME)")
         elif self.config.registry:
@@ -226,6 +234,8 @@ class VLLMServer:
             env[REGISTRY_ENV] = registry_path or str(Path(self.config.registry).resolve())
             env[BASE_SHA_ENV] = self.base.weights_sha256
             env[MAX_RANK_ENV] = str(max_lora_rank(self.config, self.ranks))
+            if self.chat_template.sha256:  # hot-loaded adapters must share it
+                env[TEMPLATE_SHA_ENV] = self.chat_template.sha256
             live = {name: adapter_hash(Path(path)) for name, path in self.adapters.items()}
             env[LIVE_ENV] = json.dumps(live)
         env["VLLM_CPU_KVCACHE_SPACE"] = str(self.config.kv_cache_gb)
@@ -309,6 +319,43 @@ class VLLMServer:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+    def serve_until_stopped(
+        self,
+        on_ready: Callable[[VLLMServer], None] | None = None,
+        on_stopping: Callable[[], None] | None = None,
+    ) -> None:
+        """Start, wait until ready, call ``on_ready``, then serve until Ctrl-C or SIGTERM; always stop.
+
+        Returns when stopped by the user; raises :class:`ServerError` (with the log tail) when
+        the engine exits by itself. SIGTERM is handled only when called from the main thread.
+        """
+        main = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _stop_requested) if main else None
+        try:
+            self.start()
+            self.wait_ready()
+            if on_ready:
+                on_ready(self)
+            code = self.wait()
+            raise ServerError(f"vLLM exited with code {code}:\n{self.log_tail()}")
+        except (KeyboardInterrupt, _StopRequested):
+            if on_stopping:
+                on_stopping()
+        finally:
+            if main:  # a second SIGTERM must not cut the cleanup short
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+            self.stop()
+            if main:
+                signal.signal(signal.SIGTERM, previous if previous is not None else signal.SIG_DFL)
+
+
+class _StopRequested(Exception):
+    """SIGTERM arrived: leave the serving loop and stop the engine."""
+
+
+def _stop_requested(signum: int, frame: object) -> None:
+    raise _StopRequested
 
 
 def _group_alive(pgid: int) -> bool:

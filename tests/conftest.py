@@ -106,7 +106,8 @@ def registry(tiny_base: Path, tiny_run, tmp_path_factory: pytest.TempPathFactory
 @pytest.fixture(scope="session")
 def live_server(tiny_base: Path, registry, tmp_path_factory: pytest.TempPathFactory):
     """One real vLLM server for the session: the tiny base plus the registry's adapters, hot loading on."""
-    from tuneship.serve.server import ServeConfig, VLLMServer
+    from tuneship.serve.config import ServeConfig
+    from tuneship.serve.server import VLLMServer
 
     logs = tmp_path_factory.mktemp("vllm-logs")
     config = ServeConfig(
@@ -119,10 +120,5 @@ def live_server(tiny_base: Path, registry, tmp_path_factory: pytest.TempPathFact
         max_model_len=512,
         log_file=str(logs / "vllm.log"),
     )
-    server = VLLMServer(config)
-    server.start()
-    try:
-        server.wait_ready()
+    with VLLMServer(config) as server:
         yield server
-    finally:
-        server.stop()

@@ -71,7 +71,7 @@ def make_adapter(
     )
     get_peft_model(model, config).save_pretrained(out)
     base = resolve_base(str(base_path))
-    identity = {**base.identity(), "weights_sha256": base_sha256 or base.weights_sha256}
+    identity = {**base.identity().model_dump(), "weights_sha256": base_sha256 or base.weights_sha256}
     lineage = {"kind": "adapter", "method": "lora", "base_model": identity}
     (out / "tuneship.json").write_text(json.dumps(lineage))
     return out

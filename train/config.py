@@ -1,82 +1,98 @@
-"""Training settings: one dataclass, every field with a default and a one-line description."""
+"""Training settings: one pydantic model, every field with a default and a one-line description.
+
+tuneship train --config train/configs/demo.yaml --lr 1e-3     # YAML, then flags
+TrainConfig(data="train.jsonl", method="qlora")               # checked here too
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
-from tuneship.config import opt
-from tuneship.train.data import FORMATS
+from pydantic import Field, field_validator, model_validator
 
-METHODS = ("lora", "dora", "qlora", "full", "prompt-tuning")
+from tuneship.config import Settings, refuse
+from tuneship.train.data import DataFormat
+
+Method = Literal["lora", "dora", "qlora", "full", "prompt-tuning"]
 
 
-@dataclass
-class TrainConfig:
+class TrainConfig(Settings):
     """Settings of one training run."""
 
-    data: str = opt("", "training data: JSONL, JSON, CSV, Parquet file or datasets directory")
-    format: str = opt("", "data format (default: detected): messages, prompt-completion, alpaca, sharegpt")
-    name: str = opt("", "run name; output goes to RUNS_DIR/NAME (default: data file stem)")
-    runs_dir: str = opt("runs", "directory that holds runs")
-    base: str = opt("default", "base model: 'default', a local HF directory or a hub id")
-    chat_template: str = opt("", "Jinja chat template file (default: the base model's own)")
-    loss_on: str = opt("assistant", "tokens that carry loss: 'assistant' (answers only) or 'all'")
-    method: str = opt("lora", "lora, dora (merge-only), qlora (4-bit NF4 base), full, prompt-tuning")
-    lora_r: int = opt(16, "LoRA rank")
-    lora_alpha: int = opt(32, "LoRA alpha (scaling = alpha / r)")
-    lora_dropout: float = opt(0.0, "dropout on the LoRA input (each one costs a random mask per layer)")
-    target_modules: str = opt("all-linear", "modules to adapt: 'all-linear' or comma-separated names")
-    num_virtual_tokens: int = opt(20, "prompt tuning: number of virtual tokens")
-    learning_rate: float = opt(2e-4, "peak learning rate (cosine schedule, 5% warm-up)")
-    max_steps: int = opt(-1, "optimizer steps; -1 means use epochs")
-    epochs: float = opt(1.0, "passes over the data when max_steps is -1")
-    batch_size: int = opt(8, "sequences per device per step (packed sequences when packing)")
-    grad_accum: int = opt(1, "gradient accumulation steps")
-    max_length: int = opt(512, "maximum tokens per example (longer rows are invalid)")
-    gradient_checkpointing: bool = opt(False, "recompute activations in backward: less memory, ~30% slower")
-    packing: str = opt(
-        "auto", "pack examples into sequences without cross-example attention: auto, always, never"
+    data: str = Field(description="training data: JSONL, JSON, CSV, Parquet file or datasets directory")
+    format: DataFormat | None = Field(None, description="data format (default: detected from the first row)")
+    name: str = Field("", description="run name; output goes to RUNS_DIR/NAME (default: data file stem)")
+    runs_dir: str = Field("runs", description="directory that holds runs")
+    base: str = Field("default", description="base model: 'default', a local HF directory or a hub id")
+    chat_template: str = Field("", description="Jinja chat template file (default: the base model's own)")
+    loss_on: Literal["assistant", "all"] = Field(
+        "assistant", description="tokens that carry loss: the answers only, or every token"
     )
-    precision: str = opt("auto", "'auto' (bf16 where supported), 'bf16' or 'fp32'")
-    seed: int = opt(42, "random seed")
-    logging_steps: int = opt(5, "log metrics every N steps")
-    eval_data: str = opt("", "held-out file for eval loss (default: a fraction of the training data)")
-    eval_fraction: float = opt(0.0, "share of the training rows held out for eval loss when no eval_data")
-    eval_max_rows: int = opt(64, "cap on held-out rows evaluated (keeps evaluation cheap)")
-    eval_steps: int = opt(20, "evaluate held-out loss every N steps")
-    save_steps: int = opt(50, "checkpoint every N steps (for --resume)")
-    skip_invalid: bool = opt(False, "drop invalid data rows instead of refusing to train")
+    method: Method = Field("lora", description="dora is served merged only; qlora trains on a 4-bit NF4 base")
+    lora_r: int = Field(16, ge=1, description="LoRA rank")
+    lora_alpha: int = Field(32, ge=1, description="LoRA alpha (scaling = alpha / r)")
+    lora_dropout: float = Field(
+        0.0, ge=0, lt=1, description="dropout on the LoRA input (each one costs a random mask per layer)"
+    )
+    target_modules: str = Field(
+        "all-linear", description="modules to adapt: 'all-linear' or comma-separated names"
+    )
+    num_virtual_tokens: int = Field(20, ge=1, description="prompt tuning: number of virtual tokens")
+    learning_rate: float = Field(2e-4, gt=0, description="peak learning rate (cosine schedule, 5% warm-up)")
+    max_steps: int = Field(-1, ge=-1, description="optimizer steps; -1 means use epochs")
+    epochs: float = Field(1.0, ge=0, description="passes over the data when max_steps is -1")
+    batch_size: int = Field(
+        8, ge=1, description="sequences per device per step (packed sequences when packing)"
+    )
+    grad_accum: int = Field(1, ge=1, description="gradient accumulation steps")
+    max_length: int = Field(512, ge=8, description="maximum tokens per example (longer rows are invalid)")
+    gradient_checkpointing: bool = Field(
+        False, description="recompute activations in backward: less memory, ~30% slower"
+    )
+    packing: Literal["auto", "always", "never"] = Field(
+        "auto", description="pack examples into sequences without cross-example attention"
+    )
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="weights and compute dtype; auto is bf16 where the hardware supports it"
+    )
+    seed: int = Field(42, ge=0, description="random seed")
+    logging_steps: int = Field(5, ge=1, description="log metrics every N steps")
+    eval_data: str = Field(
+        "", description="held-out file for eval loss (default: a fraction of the training data)"
+    )
+    eval_fraction: float = Field(
+        0.0, ge=0, lt=1, description="share of the training rows held out for eval loss when no eval_data"
+    )
+    eval_max_rows: int = Field(
+        64, ge=1, description="cap on held-out rows evaluated (keeps evaluation cheap)"
+    )
+    eval_steps: int = Field(20, ge=1, description="evaluate held-out loss every N steps")
+    save_steps: int = Field(50, ge=1, description="checkpoint every N steps (for --resume)")
+    skip_invalid: bool = Field(False, description="drop invalid data rows instead of refusing to train")
 
-    def check(self) -> list[str]:
+    @field_validator("format", mode="before")
+    @classmethod
+    def _detected(cls, value: object) -> object:
+        return value or None  # "" (older run records) means detected
+
+    @field_validator("data", "eval_data", "chat_template")
+    @classmethod
+    def _absolute(cls, value: str) -> str:
+        """The run record must work from anywhere: file settings are stored absolute."""
+        return str(Path(value).resolve()) if value else value
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainConfig:
         problems = []
         if not self.data:
             problems.append("data: a training file is required (--data)")
-        if self.format and self.format not in FORMATS:
-            problems.append(f"format: one of {', '.join(FORMATS)}")
-        if self.method not in METHODS:
-            problems.append(f"method: one of {', '.join(METHODS)}")
-        if self.loss_on not in ("assistant", "all"):
-            problems.append("loss_on: 'assistant' or 'all'")
-        if self.lora_r < 1:
-            problems.append("lora_r: must be >= 1")
-        if self.batch_size < 1 or self.grad_accum < 1:
-            problems.append("batch_size/grad_accum: must be >= 1")
         if self.max_steps == 0 or (self.max_steps < 0 and self.epochs <= 0):
             problems.append("max_steps/epochs: nothing to train")
-        if self.precision not in ("auto", "bf16", "fp32"):
-            problems.append("precision: one of auto, bf16, fp32")
-        if not 0 <= self.lora_dropout < 1:
-            problems.append("lora_dropout: must be in [0, 1)")
-        if not 0 <= self.eval_fraction < 1:
-            problems.append("eval_fraction: must be in [0, 1)")
-        if self.packing not in ("auto", "always", "never"):
-            problems.append("packing: one of auto, always, never")
-        if self.max_length < 8:
-            problems.append("max_length: must be >= 8")
         if self.chat_template and not Path(self.chat_template).is_file():
             problems.append(f"chat_template: {self.chat_template} is not a file")
-        return problems
+        refuse(problems)
+        return self
 
     @property
     def run_dir(self) -> Path:

@@ -3,10 +3,16 @@
 Export (``adapters check``, adapter-only export), serve (before vLLM sees an adapter), the
 registry and the hot-load guard all call :func:`check_adapter`, so a bad adapter is refused
 with its reason instead of failing inside the engine.
+
+An adapter also carries the chat template it was trained with (``chat_template.jinja`` beside
+its weights; its hash in the lineage). vLLM applies one template per server, to every model it
+serves, so :func:`plan_chat_template` decides what one server applies: the base's own, the one
+its adapters share (vLLM's ``--chat-template``), or a refusal when they need different ones.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -14,11 +20,13 @@ from tuneship.artifacts import (
     ADAPTER_CONFIG,
     ADAPTER_DIR,
     ADAPTER_WEIGHTS,
+    CHAT_TEMPLATE,
     MODEL_DIR,
     RUN_CONFIG,
     hash_dir,
     read_json,
 )
+from tuneship.chat import template_sha256
 from tuneship.errors import ArtifactError
 from tuneship.lineage import read_lineage
 
@@ -96,8 +104,14 @@ def locate_adapter(path: Path | str) -> Path:
     raise ArtifactError(f"{path}: neither a run directory nor a PEFT adapter (no {ADAPTER_CONFIG})")
 
 
-def check_adapter(path: Path | str, base_sha256: str | None = None) -> AdapterReport:
-    """Report every reason vLLM would refuse the adapter (empty list: servable)."""
+def check_adapter(
+    path: Path | str, base_sha256: str | None = None, chat_template_sha256: str | None = None
+) -> AdapterReport:
+    """Report every reason vLLM would refuse the adapter (empty list: servable).
+
+    ``base_sha256``: the served base's weights hash; ``chat_template_sha256``: the hash of the
+    template the server applies. Either, when given, must match what the adapter was trained with.
+    """
     path = Path(path)
     report = AdapterReport(path)
     if not (path / ADAPTER_CONFIG).is_file():
@@ -139,6 +153,10 @@ def check_adapter(path: Path | str, base_sha256: str | None = None) -> AdapterRe
                 f"trained on a different base model (weights sha256 {report.base_sha256[:12]}, "
                 f"served base {base_sha256[:12]})"
             )
+    if chat_template_sha256:
+        problem = _template_problem(path, chat_template_sha256)
+        if problem:
+            report.problems.append(problem)
     return report
 
 
@@ -173,3 +191,114 @@ def _safetensors_problem(path: Path) -> str | None:
     if not names:
         return f"{path.name} holds no tensors"
     return None
+
+
+@dataclass(frozen=True)
+class AdapterTemplate:
+    """The chat template an adapter was trained with, as far as it is known."""
+
+    sha256: str | None  # None: nothing recorded (an adapter from elsewhere)
+    file: Path | None = None  # where its text is; None: only the lineage's hash is known
+
+
+def adapter_chat_template(adapter: Path | str) -> AdapterTemplate:
+    """The adapter's template: ``ADAPTER/chat_template.jinja``, else its run's (``RUN/chat_template.jinja``
+    beside ``RUN/adapter``), else the lineage's ``chat_template_sha256`` alone.
+
+    Raises ArtifactError when a template file and the lineage's hash disagree.
+    """
+    adapter = Path(adapter)
+    lineage = read_lineage(adapter) if adapter.is_dir() else None
+    recorded = lineage.chat_template_sha256 if lineage else None
+    run_dir = adapter.parent if (adapter.parent / RUN_CONFIG).is_file() else None
+    for file in (adapter / CHAT_TEMPLATE, run_dir / CHAT_TEMPLATE if run_dir else None):
+        if file is None or not file.is_file():
+            continue
+        digest = template_sha256(file.read_text(encoding="utf-8"))
+        if recorded and digest != recorded:
+            raise ArtifactError(
+                f"{file} (sha256 {digest[:12]}) is not the chat template the adapter was trained with "
+                f"(its lineage records {recorded[:12]})"
+            )
+        return AdapterTemplate(digest, file)
+    return AdapterTemplate(recorded)
+
+
+def _template_problem(adapter: Path, served_sha256: str) -> str | None:
+    try:
+        trained = adapter_chat_template(adapter).sha256
+    except ArtifactError as e:
+        return str(e)
+    if trained is None or trained == served_sha256:
+        return None
+    return (
+        f"trained with chat template sha256 {trained[:12]}, but this server applies {served_sha256[:12]} "
+        "(vLLM applies one chat template per server): serve it on a server of its own "
+        "(tuneship serve --adapter NAME=PATH) or as a merged export (tuneship export RUN --out DIR)"
+    )
+
+
+@dataclass(frozen=True)
+class TemplatePlan:
+    """The chat template one vLLM server applies to every model it serves."""
+
+    sha256: str | None  # of the applied template; None: the server has none
+    file: Path | None = None  # pass as vLLM's --chat-template; None: the server's default applies
+    adapters: tuple[str, ...] = ()  # with ``file``: the adapters trained with it
+    default: str = "the base model's own"  # what the server applies without ``file``
+    unrecorded: tuple[str, ...] = ()  # adapters that record no template (not checked)
+
+    def describe(self) -> str:
+        """One line for ``tuneship serve``: which template, from where, and why."""
+        digest = f"sha256 {self.sha256[:12]}" if self.sha256 else "none"
+        if self.file:
+            line = (
+                f"Chat template: {self.file} ({digest}, trained with {', '.join(self.adapters)}), "
+                "passed with --chat-template; every model on this server is rendered with it"
+            )
+        else:
+            line = f"Chat template: {self.default} ({digest})"
+        if self.unrecorded:
+            line += f"; not recorded by {', '.join(self.unrecorded)} (not checked)"
+        return line
+
+
+def plan_chat_template(
+    adapters: Mapping[str, Path | str], default_template: str | None, default: str = "the base model's own"
+) -> TemplatePlan:
+    """Decide the one template a server applies to ``adapters`` (name -> directory).
+
+    ``default_template`` is what the server applies unless told otherwise (the base's own, see
+    :func:`tuneship.chat.model_chat_template`). Templates are compared by hash: all adapters on the
+    default (or none recorded) -> nothing to pass; all on one other template -> pass its file as
+    vLLM's ``--chat-template``. Raises ArtifactError with the reason when adapters need different
+    templates (vLLM applies one per server), or when the one they need is known only by its hash.
+    """
+    default_sha = template_sha256(default_template) if default_template else None
+    found = {name: adapter_chat_template(path) for name, path in sorted(adapters.items())}
+    groups: dict[str | None, list[str]] = {}
+    for name, template in found.items():
+        groups.setdefault(template.sha256, []).append(name)
+    unrecorded = tuple(groups.pop(None, []))
+    others = [sha for sha in groups if sha != default_sha]
+    if not others:
+        return TemplatePlan(default_sha, default=default, unrecorded=unrecorded)
+    if len(groups) > 1:
+        lines = [
+            f"  sha256 {sha[:12]}{f' ({default})' if sha == default_sha else ''}: {', '.join(names)}"
+            for sha, names in groups.items()
+        ]
+        raise ArtifactError(
+            "these adapters were trained with different chat templates, and vLLM applies one template "
+            "per server:\n" + "\n".join(lines) + "\nserve each group on a server of its own, or serve "
+            "an adapter as a merged model (tuneship export RUN --out DIR; tuneship serve --merged DIR)"
+        )
+    sha, names = others[0], groups[others[0]]
+    file = next((found[name].file for name in names if found[name].file), None)
+    if file is None:
+        raise ArtifactError(
+            f"{', '.join(names)}: trained with chat template sha256 {sha[:12]}, not {default} "
+            f"({(default_sha or 'none')[:12]}), and its text is not with the adapter: add it again from "
+            "its run directory (tuneship adapters add NAME RUN), or serve a merged export"
+        )
+    return TemplatePlan(sha, file, tuple(names), default, unrecorded)

@@ -18,7 +18,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from tuneship.artifacts import CHAT_TEMPLATE, sha256_text
+from tuneship.artifacts import CHAT_TEMPLATE, read_json, sha256_text
 from tuneship.errors import DataError, ModelError
 
 
@@ -51,6 +51,23 @@ def run_chat_template(run_dir: str | Path, tokenizer: Any) -> str:
     """
     file = Path(run_dir) / CHAT_TEMPLATE
     return resolve_chat_template(tokenizer, file if file.is_file() else None)
+
+
+def model_chat_template(model_dir: str | Path) -> str | None:
+    """A model directory's own template, read from its files the way transformers loads it.
+
+    ``chat_template.jinja`` wins over ``tokenizer_config.json``'s ``chat_template``; of named
+    templates, the ``default`` one (what vLLM applies to a chat request without tools). None
+    when the model has none. Reads files only (no transformers import), so serve stays fast.
+    """
+    file = Path(model_dir) / CHAT_TEMPLATE
+    if file.is_file():
+        return file.read_text(encoding="utf-8")
+    config = Path(model_dir) / "tokenizer_config.json"
+    template = read_json(config).get("chat_template") if config.is_file() else None
+    if isinstance(template, list):  # [{"name": ..., "template": ...}, ...]
+        template = {t.get("name"): t.get("template") for t in template if isinstance(t, dict)}.get("default")
+    return template if isinstance(template, str) and template else None
 
 
 def template_sha256(template: str) -> str:

@@ -7,7 +7,8 @@ from helpers import API_KEY
 from openai import OpenAI
 
 from tuneship.errors import TuneshipError
-from tuneship.serve.server import ServeConfig, VLLMServer
+from tuneship.serve.config import ServeConfig
+from tuneship.serve.server import VLLMServer
 
 
 def test_models_lists_adapter_with_base_as_parent(live_server):
@@ -68,6 +69,55 @@ def test_bad_adapter_is_refused_before_vllm_starts(tiny_base, tiny_run, tmp_path
     with pytest.raises(TuneshipError) as info:
         VLLMServer(ServeConfig(base=str(tiny_base), adapters={"bad": str(bad)}))
     assert "DoRA" in str(info.value) and "rank 1024" in str(info.value)
+
+
+class _ScriptedServer(VLLMServer):
+    """The serving lifecycle without an engine: records what happens, in order."""
+
+    def __init__(self, exit_code: int | None) -> None:
+        self.events: list[str] = []
+        self.exit_code_on_wait = exit_code
+
+    def start(self) -> None:
+        self.events.append("start")
+
+    def wait_ready(self, progress=None) -> None:
+        self.events.append("ready")
+
+    def wait(self) -> int:
+        import os
+        import signal
+        import time
+
+        self.events.append("serving")
+        if self.exit_code_on_wait is None:
+            os.kill(os.getpid(), signal.SIGTERM)  # what `kill` or a container stop sends
+            time.sleep(5)
+        return self.exit_code_on_wait or 0
+
+    def log_tail(self, lines: int = 15) -> str:
+        return "last words"
+
+    def stop(self, timeout: float = 30) -> None:
+        self.events.append("stop")
+
+
+def test_serve_until_stopped_stops_on_sigterm_and_reports_an_engine_exit():
+    import signal
+
+    from tuneship.errors import ServerError
+
+    handler = signal.getsignal(signal.SIGTERM)
+    server = _ScriptedServer(exit_code=None)
+    server.serve_until_stopped(
+        on_ready=lambda s: s.events.append("on_ready"), on_stopping=lambda: server.events.append("stopping")
+    )
+    assert server.events == ["start", "ready", "on_ready", "serving", "stopping", "stop"]
+    assert signal.getsignal(signal.SIGTERM) == handler
+    crashed = _ScriptedServer(exit_code=3)
+    with pytest.raises(ServerError, match="exited with code 3:\nlast words"):
+        crashed.serve_until_stopped()
+    assert crashed.events == ["start", "ready", "serving", "stop"]
 
 
 def test_binding_beyond_loopback_needs_an_api_key():
