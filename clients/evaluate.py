@@ -5,47 +5,64 @@
 
 Works against any OpenAI-compatible server: models are discovered through
 ``/v1/models``; an adapter whose ``parent`` is not the base is refused.
+
+An A/B comparison: :func:`run_arms` (answers per arm) -> :func:`score` (per-item scores)
+-> :func:`compare_arms` (paired statistics, per tag, judge, Holm) -> latency per arm ->
+:func:`assemble` (the typed :class:`ABResult`) -> reports.
 """
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
+from tuneship.clients.config import EvalSettings
 from tuneship.clients.data import EvalItem, load_items
 from tuneship.clients.judge import judge_pairs, judge_summary
 from tuneship.clients.latency import measure_latency
 from tuneship.clients.report import write_ab_report, write_eval_report
-from tuneship.clients.runner import Sampling, generate, list_models
+from tuneship.clients.results import ABResult, Comparison, EvalResult, JudgeSummary, LatencySummary
+from tuneship.clients.runner import generate, list_models
 from tuneship.clients.scorers import Scorer, default_scorers, make_scorer
-from tuneship.clients.stats import Comparison, compare, holm, judge_compare
+from tuneship.clients.stats import adjust_holm, compare, judge_compare
 from tuneship.errors import EvalError
+
+__all__ = ["EvalSettings", "ab_compare", "check_adapters", "evaluate"]
+
+log = logging.getLogger(__name__)
 
 # When an adapter answers byte-for-byte like the base on at least this share of
 # items, it is most likely not applied at all (wrong name, served without LoRA).
 IDENTICAL_WARNING = 0.9
 EXAMPLE_IDS = 5
-SCHEMA_VERSION = 1
 
 
 @dataclass
-class EvalSettings:
-    endpoint: str = "http://127.0.0.1:8000/v1"
-    data: str = ""
-    out: str = "reports/eval"
-    scorers: list[str] = field(default_factory=list)
-    api_key: str | None = None
-    limit: int | None = None
-    concurrency: int = 16
-    timeout: float = 120.0
-    retries: int = 5
-    sampling: Sampling = field(default_factory=Sampling)
-    latency_requests: int = 32  # streamed requests per arm for latency (0: skip)
-    margin: float | None = None  # non-inferiority margin, in the metric's units
-    judge_endpoint: str | None = None
-    judge_model: str | None = None
-    judge_api_key: str | None = None
+class Arms:
+    """What every arm (the base, then each adapter) produced on the same items."""
+
+    base: str
+    adapters: list[str]
+    items: list[EvalItem]
+    answers: dict[str, dict[str, dict]]
+    """arm -> item id -> answer record (``output``, ``finish_reason``, ...)."""
+    scores: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    """arm -> metric -> one score per item, in item order."""
+
+    @property
+    def names(self) -> list[str]:
+        """The arms, base first, each once (an A/A check names the base twice)."""
+        return list(dict.fromkeys([self.base, *self.adapters]))
+
+
+@dataclass
+class ArmComparisons:
+    """The statistics of an A/B comparison, per adapter."""
+
+    comparisons: dict[str, list[Comparison]]
+    by_tag: dict[str, dict[str, Comparison]]
+    judge: dict[str, JudgeSummary]
 
 
 def _scorers(settings: EvalSettings, items: list[EvalItem]) -> list[Scorer]:
@@ -60,60 +77,64 @@ def _score(items: list[EvalItem], answers: dict[str, dict], scorers: list[Scorer
     return {s.name: [s(answers[item.id]["output"], item.references) for item in items] for s in scorers}
 
 
-def _run_arm(settings: EvalSettings, items: list[EvalItem], model: str, progress: Any) -> dict[str, dict]:
-    out = Path(settings.out) / "answers" / f"{model}.jsonl"
-    return generate(
-        items,
-        model,
-        settings.endpoint,
-        out,
-        settings.sampling,
-        settings.api_key,
-        settings.concurrency,
-        settings.timeout,
-        settings.retries,
-        progress=progress,
-    )
-
-
-def _progress(total: int, label: str) -> Any:
+def _run_arm(settings: EvalSettings, items: list[EvalItem], model: str) -> dict[str, dict]:
     from tqdm import tqdm
 
-    return tqdm(total=total, desc=label, unit="item")
+    out = Path(settings.out) / "answers" / f"{model}.jsonl"
+    with tqdm(total=len(items), desc=model, unit="item") as bar:
+        return generate(
+            items,
+            model,
+            settings.endpoint,
+            out,
+            settings.sampling,
+            settings.api_key,
+            settings.concurrency,
+            settings.timeout,
+            settings.retries,
+            progress=bar.update,
+        )
 
 
-def _latency(settings: EvalSettings, items: list[EvalItem], model: str) -> dict | None:
+def _latency(settings: EvalSettings, items: list[EvalItem], model: str) -> LatencySummary | None:
     """Streamed, fresh requests (never the recorded answers) at the run's concurrency."""
     if settings.latency_requests <= 0:
         return None
     prompts = [item.messages for item in items[: settings.latency_requests]]
     s = settings
     result = measure_latency(s.endpoint, model, prompts, s.concurrency, s.sampling.max_tokens, s.api_key)
-    return result.summary() | {"samples_e2e_s": [round(t.e2e, 4) for t in result.timings]}
+    return LatencySummary(**result.summary(), samples_e2e_s=[round(t.e2e, 4) for t in result.timings])
 
 
-def evaluate(settings: EvalSettings, model: str) -> dict:
-    """Score one model on the data; writes answers and the reports under ``out``."""
+def evaluate(settings: EvalSettings, model: str) -> EvalResult:
+    """Score one model on the data; writes answers and the reports under ``settings.out``.
+
+    Raises:
+        EvalError: the model is not served, the server is unreachable, or the data is invalid.
+    """
     models = list_models(settings.endpoint, settings.api_key)
     if model not in models:
         raise EvalError(f"model {model!r} is not served at {settings.endpoint} (served: {', '.join(models)})")
     items = load_items(settings.data, settings.limit)
     scorers = _scorers(settings, items)
-    with _progress(len(items), model) as bar:
-        answers = _run_arm(settings, items, model, bar.update)
+    answers = _run_arm(settings, items, model)
     scores = _score(items, answers, scorers)
-    summary = {
-        "schema_version": SCHEMA_VERSION,
-        "model": model,
-        "items": len(items),
-        "scores": {n: sum(v) / len(v) for n, v in scores.items()},
-        "latency": _latency(settings, items, model),
-    }
-    summary["report"] = str(write_eval_report(Path(settings.out), summary, items, answers, scores))
-    return summary
+    result = EvalResult(
+        model=model,
+        items=len(items),
+        scores={n: sum(v) / len(v) for n, v in scores.items()},
+        latency=_latency(settings, items, model),
+    )
+    result.report = str(write_eval_report(Path(settings.out), result, items, answers, scores))
+    return result
 
 
 def check_adapters(models: dict[str, dict], base: str, adapters: list[str]) -> None:
+    """Refuse names that are not served, and adapters whose ``parent`` is another base.
+
+    Raises:
+        EvalError: naming the problem and what is served.
+    """
     missing = [m for m in [base, *adapters] if m not in models]
     if missing:
         raise EvalError(f"not served: {', '.join(missing)} (served: {', '.join(models)})")
@@ -123,145 +144,168 @@ def check_adapters(models: dict[str, dict], base: str, adapters: list[str]) -> N
             raise EvalError(f"adapter {name!r} belongs to {parent!r}, not to the base {base!r}")
 
 
-def _compare_one(
-    scorer: Scorer,
-    items: list[EvalItem],
-    base: list[float],
-    adapter: list[float],
-    alpha: float,
-    margin: float | None,
-) -> Comparison:
-    c = compare(scorer.name, scorer.kind, base, adapter, alpha, scorer.higher_is_better, margin)
+def run_arms(settings: EvalSettings, items: list[EvalItem], base: str, adapters: list[str]) -> Arms:
+    """Answers of the base and every adapter on ``items`` (one progress bar per arm)."""
+    arms = Arms(base, adapters, items, {})
+    for model in arms.names:
+        arms.answers[model] = _run_arm(settings, items, model)
+    return arms
+
+
+def score(arms: Arms, scorers: list[Scorer]) -> Arms:
+    """Fill ``arms.scores``: every scorer on every arm's answers."""
+    arms.scores = {arm: _score(arms.items, answers, scorers) for arm, answers in arms.answers.items()}
+    return arms
+
+
+def _compare_one(arms: Arms, adapter: str, scorer: Scorer, alpha: float, margin: float | None) -> Comparison:
+    base, ours = arms.scores[arms.base][scorer.name], arms.scores[adapter][scorer.name]
+    c = compare(scorer.name, scorer.kind, base, ours, alpha, scorer.higher_is_better, margin)
     sign = 1 if scorer.higher_is_better else -1
-    gains = [(item.id, sign * (a - b)) for item, b, a in zip(items, base, adapter, strict=True)]
+    gains = [(item.id, sign * (a - b)) for item, b, a in zip(arms.items, base, ours, strict=True)]
     c.improved_examples = [i for i, gain in gains if gain > 0][:EXAMPLE_IDS]
     c.regressed_examples = [i for i, gain in gains if gain < 0][:EXAMPLE_IDS]
     return c
 
 
-def ab_compare(settings: EvalSettings, base: str, adapters: list[str], alpha: float = 0.05) -> dict:
+def _by_tag(
+    arms: Arms, scorer: Scorer, alpha: float, margin: float | None
+) -> dict[str, dict[str, Comparison]]:
+    """The primary metric per tag and adapter, Holm-adjusted across all these cells."""
+    tags = sorted({t for item in arms.items for t in item.tags})
+    cells: dict[str, dict[str, Comparison]] = {}
+    for adapter in arms.adapters:
+        for tag in tags:
+            idx = [k for k, item in enumerate(arms.items) if tag in item.tags]
+            b = [arms.scores[arms.base][scorer.name][k] for k in idx]
+            a = [arms.scores[adapter][scorer.name][k] for k in idx]
+            cells.setdefault(adapter, {})[tag] = compare(
+                scorer.name, scorer.kind, b, a, alpha, scorer.higher_is_better, margin
+            )
+    flat = [c for per_tag in cells.values() for c in per_tag.values()]
+    if len(flat) > 1:
+        adjust_holm(flat, alpha)
+    return cells
+
+
+def _judge(settings: EvalSettings, arms: Arms, adapter: str, alpha: float) -> tuple[Comparison, JudgeSummary]:
+    """The pairwise judge on one adapter; its outcomes join ``arms.scores`` as ``judge_win_rate``."""
+    s = settings
+    verdicts = judge_pairs(
+        arms.items,
+        arms.answers[arms.base],
+        arms.answers[adapter],
+        s.judge_endpoint or "",
+        s.judge_model or "",
+        s.judge_api_key,
+        s.concurrency,
+        s.timeout,
+        s.retries,
+    )
+    outcomes = [verdicts.outcomes[i.id] for i in arms.items]
+    arms.scores[adapter]["judge_win_rate"] = outcomes
+    return judge_compare(outcomes, alpha, s.margin), judge_summary(verdicts)
+
+
+def compare_arms(settings: EvalSettings, arms: Arms, scorers: list[Scorer], alpha: float) -> ArmComparisons:
+    """Paired statistics of every adapter against the base: per metric, per tag and by the judge.
+
+    With more than one adapter, p-values are Holm-adjusted across adapters per metric.
+    """
+    comparisons = {
+        a: [_compare_one(arms, a, s, alpha, settings.margin) for s in scorers] for a in arms.adapters
+    }
+    by_tag = _by_tag(arms, scorers[0], alpha, settings.margin)
+    judge = {}
+    if settings.judge_endpoint and settings.judge_model:
+        for adapter in arms.adapters:
+            judged, judge[adapter] = _judge(settings, arms, adapter, alpha)
+            comparisons[adapter].append(judged)
+    if len(comparisons) > 1:
+        for metric in {c.metric for cs in comparisons.values() for c in cs}:
+            adjust_holm([c for cs in comparisons.values() for c in cs if c.metric == metric], alpha)
+    return ArmComparisons(comparisons, by_tag, judge)
+
+
+def _warnings(arms: Arms, judge: dict[str, JudgeSummary]) -> list[str]:
+    """An adapter that answers like its base (probably not applied); a judge that follows positions."""
+    warnings = []
+    base = arms.answers[arms.base]
+    for adapter in arms.adapters:
+        same = sum(arms.answers[adapter][i.id]["output"] == base[i.id]["output"] for i in arms.items)
+        share = same / len(arms.items)
+        if adapter != arms.base and share >= IDENTICAL_WARNING:
+            warnings.append(
+                f"WARNING: {adapter} answered exactly like {arms.base} on {share:.0%} of items; "
+                "the adapter is probably not applied"
+            )
+    for adapter, summary in judge.items():
+        if summary.position_consistency < 0.5:
+            warnings.append(
+                f"WARNING: the judge agreed with itself across answer orders on only "
+                f"{summary.position_consistency:.0%} of items for {adapter}; its verdict is weak evidence"
+            )
+    return warnings
+
+
+def _latency_ratios(
+    latency: dict[str, LatencySummary | None], base: str, adapters: list[str]
+) -> dict[str, dict]:
+    ratios = {}
+    keys = ("ttft_p50_ms", "tpot_p50_ms", "e2e_p50_ms", "e2e_p99_ms", "output_throughput")
+    for adapter in adapters:
+        b, a = latency.get(base), latency.get(adapter)
+        if a and b:
+            ratios[adapter] = {
+                k: round(getattr(a, k) / getattr(b, k), 3) for k in keys if getattr(a, k) and getattr(b, k)
+            }
+    return ratios
+
+
+def assemble(
+    settings: EvalSettings,
+    arms: Arms,
+    stats: ArmComparisons,
+    primary: Scorer,
+    alpha: float,
+    latency: dict[str, LatencySummary | None],
+) -> ABResult:
+    """The typed result of an A/B comparison (what results.json holds)."""
+    return ABResult(
+        base=arms.base,
+        adapters=arms.adapters,
+        endpoint=settings.endpoint,
+        items=len(arms.items),
+        alpha=alpha,
+        margin=settings.margin,
+        sampling=settings.sampling.key(),
+        warnings=_warnings(arms, stats.judge),
+        primary_metric=primary.name,
+        comparisons=stats.comparisons,
+        by_tag=stats.by_tag,
+        judge=stats.judge,
+        latency=latency,
+        latency_ratio=_latency_ratios(latency, arms.base, arms.adapters),
+    )
+
+
+def ab_compare(settings: EvalSettings, base: str, adapters: list[str], alpha: float = 0.05) -> ABResult:
     """Compare each adapter with the base on the same items, prompts and sampling settings.
 
     Naming the base as its own adapter runs an A/A check: it must come out inconclusive.
+    Writes the answers and the reports under ``settings.out``.
+
+    Raises:
+        EvalError: no adapter, a name not served or of another base, or a request that failed.
     """
     if not adapters:
         raise EvalError("name at least one adapter to compare with the base")
     check_adapters(list_models(settings.endpoint, settings.api_key), base, adapters)
     items = load_items(settings.data, settings.limit)
     scorers = _scorers(settings, items)
-    arms = list(dict.fromkeys([base, *adapters]))
-    answers = {}
-    for model in arms:
-        with _progress(len(items), model) as bar:
-            answers[model] = _run_arm(settings, items, model, bar.update)
-    scores = {m: _score(items, answers[m], scorers) for m in arms}
-    comparisons: dict[str, list[Comparison]] = {
-        adapter: [
-            _compare_one(s, items, scores[base][s.name], scores[adapter][s.name], alpha, settings.margin)
-            for s in scorers
-        ]
-        for adapter in adapters
-    }
-    primary = scorers[0]
-    by_tag = _by_tag(items, scores, base, adapters, primary, alpha, settings.margin)
-    judge = {}
-    if settings.judge_endpoint and settings.judge_model:
-        for adapter in adapters:
-            verdicts = judge_pairs(
-                items,
-                answers[base],
-                answers[adapter],
-                settings.judge_endpoint,
-                settings.judge_model,
-                settings.judge_api_key,
-                settings.concurrency,
-                settings.timeout,
-            )
-            outcomes = [verdicts.outcomes[i.id] for i in items]
-            comparisons[adapter].append(judge_compare(outcomes, alpha, settings.margin))
-            judge[adapter] = judge_summary(verdicts)
-            scores[adapter]["judge_win_rate"] = outcomes
-    _adjust_for_multiple_comparisons(comparisons, alpha)
-    warnings = []
-    for adapter in adapters:
-        same = sum(answers[adapter][i.id]["output"] == answers[base][i.id]["output"] for i in items)
-        if adapter != base and same / len(items) >= IDENTICAL_WARNING:
-            warnings.append(
-                f"WARNING: {adapter} answered exactly like {base} on {same / len(items):.0%} of items; "
-                "the adapter is probably not applied"
-            )
-    for adapter, summary in judge.items():
-        if summary["position_consistency"] < 0.5:
-            warnings.append(
-                f"WARNING: the judge agreed with itself across answer orders on only "
-                f"{summary['position_consistency']:.0%} of items for {adapter}; its verdict is weak evidence"
-            )
-    latency = {arm: _latency(settings, items, arm) for arm in arms}
-    result = {
-        "schema_version": SCHEMA_VERSION,
-        "base": base,
-        "adapters": adapters,
-        "endpoint": settings.endpoint,
-        "items": len(items),
-        "alpha": alpha,
-        "margin": settings.margin,
-        "sampling": settings.sampling.key(),
-        "warnings": warnings,
-        "primary_metric": primary.name,
-        "comparisons": {a: [c.as_dict() for c in cs] for a, cs in comparisons.items()},
-        "by_tag": by_tag,
-        "judge": judge,
-        "latency": latency,
-        "latency_ratio": _latency_ratios(latency, base, adapters),
-    }
-    result["report"] = str(write_ab_report(Path(settings.out), result, items, answers, scores))
+    arms = score(run_arms(settings, items, base, adapters), scorers)
+    stats = compare_arms(settings, arms, scorers, alpha)
+    latency = {arm: _latency(settings, items, arm) for arm in arms.names}
+    result = assemble(settings, arms, stats, scorers[0], alpha, latency)
+    result.report = str(write_ab_report(Path(settings.out), result, items, arms.answers, arms.scores))
     return result
-
-
-def _by_tag(
-    items: list[EvalItem],
-    scores: dict[str, dict[str, list[float]]],
-    base: str,
-    adapters: list[str],
-    scorer: Scorer,
-    alpha: float,
-    margin: float | None,
-) -> dict[str, dict[str, dict]]:
-    """The primary metric per tag and adapter, Holm-adjusted across all these cells."""
-    tags = sorted({t for item in items for t in item.tags})
-    cells: dict[str, dict[str, Comparison]] = {}
-    for adapter in adapters:
-        for tag in tags:
-            idx = [k for k, item in enumerate(items) if tag in item.tags]
-            b = [scores[base][scorer.name][k] for k in idx]
-            a = [scores[adapter][scorer.name][k] for k in idx]
-            cells.setdefault(adapter, {})[tag] = compare(
-                scorer.name, scorer.kind, b, a, alpha, scorer.higher_is_better, margin
-            )
-    flat = [c for per_tag in cells.values() for c in per_tag.values()]
-    if len(flat) > 1:
-        for c, p in zip(flat, holm([c.p_value for c in flat]), strict=True):
-            c.adjust(p, alpha)
-    return {a: {t: c.as_dict() for t, c in per_tag.items()} for a, per_tag in cells.items()}
-
-
-def _latency_ratios(latency: dict[str, dict | None], base: str, adapters: list[str]) -> dict[str, dict]:
-    ratios = {}
-    for adapter in adapters:
-        b, a = latency.get(base), latency.get(adapter)
-        if not a or not b:
-            continue
-        keys = ("ttft_p50_ms", "tpot_p50_ms", "e2e_p50_ms", "e2e_p99_ms", "output_throughput")
-        ratios[adapter] = {k: round(a[k] / b[k], 3) for k in keys if a.get(k) and b.get(k)}
-    return ratios
-
-
-def _adjust_for_multiple_comparisons(comparisons: dict[str, list[Comparison]], alpha: float) -> None:
-    """Holm-adjust p-values across adapters per metric when more than one adapter is compared."""
-    if len(comparisons) < 2:
-        return
-    metrics = {c.metric for cs in comparisons.values() for c in cs}
-    for metric in metrics:
-        cells = [c for cs in comparisons.values() for c in cs if c.metric == metric]
-        for c, p in zip(cells, holm([c.p_value for c in cells]), strict=True):
-            c.adjust(p, alpha)

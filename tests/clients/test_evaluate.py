@@ -5,9 +5,10 @@ import json
 import pytest
 from helpers import API_KEY, flaky_proxy
 
+from tuneship.clients.config import EvalSettings, Sampling
 from tuneship.clients.data import load_items
-from tuneship.clients.evaluate import EvalSettings, ab_compare, check_adapters, evaluate
-from tuneship.clients.runner import Sampling
+from tuneship.clients.evaluate import ab_compare, check_adapters, evaluate
+from tuneship.clients.results import ABResult, EvalResult
 from tuneship.errors import EvalError
 
 
@@ -36,21 +37,22 @@ def test_ab_of_the_trained_adapter_says_better_and_writes_every_report(live_serv
         concurrency=4,
     )
     result = ab_compare(settings, "tiny-base", ["tiny-adapter"])
-    chrf = result["comparisons"]["tiny-adapter"][0]
-    assert chrf["metric"] == "chrf" and chrf["n"] == 40
-    assert chrf["verdict"] == "better" and chrf["ci_low"] > 0, chrf
-    assert chrf["improved"] > chrf["regressed"] and chrf["improved_examples"]
-    assert set(result["by_tag"]["tiny-adapter"]) == {"short", "long"}
-    assert not result["warnings"], "the adapter changes outputs, so no 'not applied' warning"
+    chrf = result.comparisons["tiny-adapter"][0]
+    assert chrf.metric == "chrf" and chrf.n == 40 and result.primary("tiny-adapter") == chrf
+    assert chrf.verdict == "better" and chrf.ci_low > 0, chrf
+    assert chrf.improved > chrf.regressed and chrf.improved_examples
+    assert set(result.by_tag["tiny-adapter"]) == {"short", "long"}
+    assert not result.warnings, "the adapter changes outputs, so no 'not applied' warning"
     for arm in ("tiny-base", "tiny-adapter"):
-        lat = result["latency"][arm]
-        assert (
-            lat["requests"] == 6 and lat["failed"] == 0 and lat["ttft_p50_ms"] > 0 and lat["e2e_p99_ms"] > 0
-        )
-    assert result["latency_ratio"]["tiny-adapter"]["e2e_p50_ms"] > 0
+        lat = result.latency[arm]
+        assert lat.requests == 6 and lat.failed == 0 and lat.ttft_p50_ms > 0 and lat.e2e_p99_ms > 0
+    assert result.latency_ratio["tiny-adapter"]["e2e_p50_ms"] > 0
+    assert result.failing("not-better") == [] and result.failing("worse") == []
     out = tmp_path / "ab"
     results = json.loads((out / "results.json").read_text())
-    assert results["schema_version"] == 1 and results["primary_metric"] == "chrf"
+    assert results["schema_version"] == 2 and results["primary_metric"] == "chrf"
+    assert ABResult.model_validate(results) == result.model_copy(update={"report": None})
+    _validate_against_published_schema(results, "ab-results.schema.json")
     samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
     assert len(samples) == 80 and {"id", "arm", "output", "scores", "tags"} <= set(samples[0])
     report = (out / "report.md").read_text()
@@ -69,10 +71,9 @@ def test_a_a_check_of_the_base_against_itself_finds_no_difference(live_server, e
         latency_requests=0,
     )
     result = ab_compare(settings, "tiny-base", ["tiny-base"])
-    assert all(
-        c["verdict"] == "inconclusive" and c["p_value"] == 1.0 for c in result["comparisons"]["tiny-base"]
-    )
-    assert not result["warnings"]
+    assert all(c.verdict == "inconclusive" and c.p_value == 1.0 for c in result.comparisons["tiny-base"])
+    assert not result.warnings
+    assert result.failing("worse") == [] and result.failing("not-better") == ["tiny-base"]
 
 
 def test_pairwise_judge_reports_win_rate_and_position_consistency(live_server, eval_file, tmp_path):
@@ -88,11 +89,14 @@ def test_pairwise_judge_reports_win_rate_and_position_consistency(live_server, e
         judge_api_key=API_KEY,
     )
     result = ab_compare(settings, "tiny-base", ["tiny-adapter"])
-    judged = result["comparisons"]["tiny-adapter"][-1]
-    assert judged["metric"] == "judge_win_rate" and judged["kind"] == "judge" and judged["n"] == 12
-    summary = result["judge"]["tiny-adapter"]
-    assert summary["wins"] + summary["ties"] + summary["losses"] == 12
-    assert 0 <= summary["position_consistency"] <= 1
+    judged = result.comparisons["tiny-adapter"][-1]
+    assert judged.metric == "judge_win_rate" and judged.kind == "judge" and judged.n == 12
+    summary = result.judge["tiny-adapter"]
+    assert summary.wins + summary.ties + summary.losses == 12
+    assert 0 <= summary.position_consistency <= 1
+    _validate_against_published_schema(
+        json.loads((tmp_path / "judged" / "results.json").read_text()), "ab-results.schema.json"
+    )
     assert "Judge tiny-alt on tiny-adapter" in (tmp_path / "judged" / "report.md").read_text()
 
 
@@ -131,11 +135,14 @@ def test_eval_resumes_without_redoing_finished_items(live_server, eval_file, tmp
     answers = tmp_path / "ev" / "answers" / "tiny-base.jsonl"
     first = evaluate(settings, "tiny-base")
     lines = answers.read_text().splitlines()
-    assert len(lines) == 12 and first["items"] == 12
+    assert isinstance(first, EvalResult) and len(lines) == 12 and first.items == 12
     answers.write_text("\n".join(lines[:5]) + "\n" + lines[5][:10])  # an interrupted run, last line cut
     second = evaluate(settings, "tiny-base")
     assert len(answers.read_text().splitlines()) == 5 + 1 + 7
-    assert second["scores"] == first["scores"]
+    assert second.scores == first.scores
+    results = json.loads((tmp_path / "ev" / "results.json").read_text())
+    assert results["latency"]["requests"] == 4 and "report" not in results
+    _validate_against_published_schema(results, "eval-results.schema.json")
 
 
 def test_unknown_model_and_wrong_parent_are_refused(live_server, eval_file, tmp_path):
@@ -184,6 +191,72 @@ def test_a_server_that_fails_some_requests_mid_run_still_completes(live_server, 
             concurrency=4,
         )
         summary = evaluate(settings, "tiny-base")
-    assert summary["items"] == 12 and stats["failed"] >= 4
+    assert summary.items == 12 and stats["failed"] >= 4, "the SDK retried every 503"
     answers = (tmp_path / "flaky" / "answers" / "tiny-base.jsonl").read_text().splitlines()
     assert len(answers) == 12 and len({json.loads(a)["id"] for a in answers}) == 12
+
+
+def _validate_against_published_schema(results: dict, name: str) -> None:
+    import jsonschema
+
+    from tuneship.clients.results import SCHEMAS
+
+    schema = json.loads((SCHEMAS / name).read_text())
+    jsonschema.validate(results, schema, cls=jsonschema.Draft202012Validator)
+
+
+def test_published_results_schemas_match_the_result_models():
+    """``python -m tuneship.clients.results`` regenerates them after a model change."""
+    from tuneship.clients.results import PUBLISHED, SCHEMAS, json_schema
+
+    for name, model in PUBLISHED.items():
+        assert json.loads((SCHEMAS / name).read_text()) == json_schema(model), f"{name} is stale"
+    assert json_schema(ABResult) == ABResult.model_json_schema(mode="serialization")
+    assert "report" not in json_schema(ABResult)["properties"]  # a path on this machine, not a result
+
+
+def test_a_report_that_does_not_fit_the_schema_is_refused():
+    import jsonschema
+
+    bad = {"schema_version": 2, "model": "m", "items": "twelve", "scores": {}, "latency": None}
+    with pytest.raises(jsonschema.ValidationError):
+        _validate_against_published_schema(bad, "eval-results.schema.json")
+
+
+def test_the_ci_gate_fails_adapters_by_their_primary_metric_verdict():
+    from tuneship.clients.results import Comparison
+
+    def comparison(metric, verdict):
+        numbers = dict(base_mean=0.5, adapter_mean=0.5, diff=0, ci_low=0, ci_high=0, p_value=1)
+        return Comparison(
+            metric=metric, kind="binary", verdict=verdict, improved=0, regressed=0, n=1, **numbers
+        )
+
+    result = ABResult(
+        base="b",
+        adapters=["good", "same", "bad", "close"],
+        endpoint="e",
+        items=1,
+        alpha=0.05,
+        sampling="{}",
+        primary_metric="exact",
+        comparisons={
+            "good": [comparison("exact", "better"), comparison("chrf", "worse")],
+            "same": [comparison("exact", "inconclusive")],
+            "bad": [comparison("exact", "worse")],
+            "close": [comparison("exact", "non-inferior")],
+        },
+    )
+    assert result.failing("worse") == ["bad"]
+    assert result.failing("inconclusive") == ["same", "bad"]
+    assert result.failing("not-better") == ["same", "bad", "close"]
+    assert set(ABResult.FAIL_IF_POLICIES) == {"worse", "not-better", "inconclusive"}
+
+
+def test_sdk_retries_are_on_with_the_one_default_and_off_where_a_retry_would_mislead():
+    from tuneship.clients.config import RETRIES
+    from tuneship.clients.runner import make_client
+
+    assert make_client("http://127.0.0.1:1/v1", None).max_retries == RETRIES
+    assert make_client("http://127.0.0.1:1/v1", None, retries=2).max_retries == 2
+    assert EvalSettings(data="x").retries == RETRIES

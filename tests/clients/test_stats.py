@@ -36,6 +36,79 @@ def test_permutation_and_bootstrap_on_a_clear_shift():
     assert 0.3 < lo < hi < 0.6
 
 
+def _paired_arms(n, seed=3):
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    base = rng.random(n)
+    return base, base + rng.normal(0.1, 0.3, n)
+
+
+def test_bootstrap_interval_equals_scipys_paired_bootstrap_of_both_arms():
+    """scipy resampling the item pairs (paired=True) on both arms, with the same seed."""
+    import numpy as np
+    from scipy.stats import bootstrap
+
+    base, adapter = _paired_arms(60)
+    expected = bootstrap(
+        (adapter, base),
+        lambda a, b, axis=-1: a.mean(axis=axis) - b.mean(axis=axis),
+        paired=True,
+        vectorized=True,
+        n_resamples=5000,
+        method="percentile",
+        rng=np.random.default_rng(0),
+    ).confidence_interval
+    lo, hi = bootstrap_ci(list(adapter - base), resamples=5000, seed=0)
+    assert (lo, hi) == pytest.approx((expected.low, expected.high), rel=1e-9)
+
+
+def test_permutation_test_is_exact_for_small_samples_and_agrees_with_scipys_paired_test():
+    import numpy as np
+    from scipy.stats import permutation_test
+
+    # Every difference positive: only the all-plus and all-minus sign patterns (of 2**10) are as
+    # extreme as the data, so the exact two-sided p-value is 2 / 1024.
+    assert permutation_p([0.3] * 10) == 2 / 1024
+    assert permutation_p([0.3] * 9 + [-0.3]) == pytest.approx(2 * 11 / 1024)
+
+    def mean_diff(a, b, axis=-1):
+        return (a - b).mean(axis=axis)
+
+    base, adapter = _paired_arms(10)  # 2**10 patterns: both tests enumerate them all
+    exact = permutation_test((adapter, base), mean_diff, permutation_type="samples", vectorized=True)
+    assert permutation_p(list(adapter - base)) == pytest.approx(exact.pvalue, rel=1e-9)
+    base, adapter = _paired_arms(60)  # randomized: equal up to Monte Carlo error
+    randomized = permutation_test(
+        (adapter, base),
+        mean_diff,
+        permutation_type="samples",
+        vectorized=True,
+        n_resamples=20000,
+        rng=np.random.default_rng(5),
+    )
+    assert permutation_p(list(adapter - base)) == pytest.approx(randomized.pvalue, abs=0.01)
+
+
+def test_degenerate_samples_give_a_point_interval_without_warnings():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # scipy warns (and returns NaN) on degenerate samples
+        assert bootstrap_ci([0.2] * 10) == (0.2, 0.2)
+        assert bootstrap_ci([1.0]) == (1.0, 1.0)
+        assert permutation_p([0.0] * 5) == 1.0
+        one = compare("exact", "binary", [0.0], [1.0])
+    assert (one.ci_low, one.ci_high, one.p_value, one.verdict) == (1.0, 1.0, 1.0, "inconclusive")
+
+
+def test_comparisons_are_reproducible():
+    base, adapter = _paired_arms(40)
+    first = compare("m", "continuous", list(base), list(adapter))
+    assert compare("m", "continuous", list(base), list(adapter)) == first
+    assert 0 < first.p_value < 1 and first.ci_low < first.diff < first.ci_high
+
+
 def test_holm_adjustment():
     assert holm([0.01, 0.04, 0.03]) == pytest.approx([0.03, 0.06, 0.06])
 
@@ -154,20 +227,3 @@ def test_json_schema_scorer(tmp_path):
     scorer = make_scorer(f"json_schema:{schema}")
     assert scorer('{"category": "bug"}', []) == 1.0 and scorer('{"category": "x"}', []) == 0.0
     assert scorer("nope", []) == 0.0
-
-
-def test_only_rate_limits_server_errors_and_lost_connections_are_retried():
-    import httpx
-    import openai
-
-    from tuneship.clients.runner import retryable
-
-    request = httpx.Request("POST", "http://x/v1/chat/completions")
-
-    def status(code):
-        return openai.APIStatusError("e", response=httpx.Response(code, request=request), body=None)
-
-    assert retryable(status(429)) and retryable(status(500)) and retryable(status(503))
-    assert not retryable(status(400)) and not retryable(status(404)) and not retryable(status(408))
-    assert retryable(openai.APIConnectionError(request=request))
-    assert not retryable(ValueError("x"))

@@ -11,7 +11,7 @@ import shutil
 import pytest
 from helpers import API_KEY, TICKETS, flaky_proxy, free_port, make_adapter
 
-from tuneship.entrypoints.verify import FidelitySettings, verify_fidelity
+from tuneship.entrypoints.verify import FidelityResult, FidelitySettings, verify_fidelity
 
 OTHER_TEMPLATE = (
     "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
@@ -76,13 +76,14 @@ def _verify(server_url, run, model, out):
 
 def test_the_served_adapter_is_what_the_run_trained(smol_server, smol_run, tmp_path):
     result = _verify(smol_server.url, smol_run, "smol", tmp_path)
-    checks = result["checks"]
-    assert result["verdict"] == "passed", json.dumps(checks, indent=1)
-    assert checks["template"]["status"] == "passed" and checks["template"]["prompts"] == 12
-    assert checks["stopping"]["reference_stop_rate"] >= 0.5
-    assert checks["applied"]["status"] == "passed" and result["base_model"] == "smol-base"
-    assert checks["agreement"]["rate"] >= 0.75
+    checks = result.checks
+    assert result.verdict == "passed", checks.model_dump_json(indent=1)
+    assert checks.template.status == "passed" and checks.template.prompts == 12
+    assert checks.stopping.reference_stop_rate >= 0.5
+    assert checks.applied.status == "passed" and result.base_model == "smol-base"
+    assert checks.agreement.rate >= 0.75
     saved = json.loads((tmp_path / "fidelity.json").read_text())
+    assert FidelityResult.model_validate(saved) == result.model_copy(update={"report": None})
     assert saved["verdict"] == "passed" and "| template | passed |" in (tmp_path / "fidelity.md").read_text()
 
 
@@ -99,8 +100,8 @@ def test_an_adapter_that_is_not_applied_is_caught(smol_server, default_base, smo
     finally:
         shutil.rmtree(f"{root}/smol-noop")
         unload(smol_server.url, "smol-noop", API_KEY)
-    assert result["verdict"] == "failed" and "applied" in result["failed"]
-    assert result["checks"]["applied"]["changed_when_served"] == 0
+    assert result.verdict == "failed" and "applied" in result.failed
+    assert result.checks.applied.changed_when_served == 0
 
 
 def test_a_server_without_tokenize_leaves_the_template_not_checked(smol_server, smol_run):
@@ -115,11 +116,11 @@ def test_a_server_without_tokenize_leaves_the_template_not_checked(smol_server, 
     prompts = [[{"role": "user", "content": "My invoice is wrong."}]]
     with flaky_proxy(smol_server.url, fail_every=10**9) as (url, _):
         settings = FidelitySettings(run=str(smol_run.run_dir), endpoint=url, model="smol", api_key=API_KEY)
-        assert check_template(settings, prompts, tokenizer, run_template)["status"] == "not checked"
+        assert check_template(settings, prompts, tokenizer, run_template).status == "not checked"
     direct = FidelitySettings(
         run=str(smol_run.run_dir), endpoint=smol_server.url, model="smol", api_key=API_KEY
     )
-    assert check_template(direct, prompts, tokenizer, run_template)["status"] == "passed"
+    assert check_template(direct, prompts, tokenizer, run_template).status == "passed"
 
 
 @pytest.fixture(scope="module")
@@ -155,13 +156,74 @@ def broken_server(smol_run, tmp_path_factory):
 
 def test_another_chat_template_and_a_lost_stop_token_are_caught(broken_server, smol_run, tmp_path):
     result = _verify(broken_server.url, smol_run, "smol-broken", tmp_path)
-    checks = result["checks"]
-    assert result["verdict"] == "failed"
-    template = checks["template"]
-    assert template["status"] == "failed" and template["mismatched"] == template["prompts"]
-    assert template["mismatches"][0]["first_difference"] == 0
-    stopping = checks["stopping"]
-    assert stopping["status"] == "failed" and stopping["served_stop_rate"] == 0.0, stopping
-    assert stopping["reference_stop_rate"] >= 0.5
-    assert checks["applied"]["status"] == "not checked"  # no base model on this server
+    checks = result.checks
+    assert result.verdict == "failed"
+    template = checks.template
+    assert template.status == "failed" and template.mismatched == template.prompts
+    assert template.mismatches[0].first_difference == 0
+    stopping = checks.stopping
+    assert stopping.status == "failed" and stopping.served_stop_rate == 0.0, stopping
+    assert stopping.reference_stop_rate >= 0.5
+    assert checks.applied.status == "not checked"  # no base model on this server
     assert "| template | failed |" in (tmp_path / "fidelity.md").read_text()
+
+
+def test_fidelity_report_names_every_check_and_each_difference():
+    """The Markdown summary, from the shared report templates (no server needed)."""
+    from tuneship.clients.report import render_report
+    from tuneship.entrypoints.verify import (
+        AgreementCheck,
+        AppliedCheck,
+        Disagreement,
+        FidelityChecks,
+        StoppingCheck,
+        TemplateCheck,
+        TemplateMismatch,
+    )
+
+    mismatch = TemplateMismatch(
+        prompt="hi", first_difference=0, served="user:", trained="<|im", served_tokens=5, trained_tokens=9
+    )
+    result = FidelityResult(
+        verdict="failed",
+        failed=["template", "agreement"],
+        not_checked=["applied"],
+        run="runs/x",
+        endpoint="http://e/v1",
+        model="m",
+        base_model=None,
+        max_tokens=48,
+        checks=FidelityChecks(
+            template=TemplateCheck(status="failed", prompts=4, mismatched=1, mismatches=[mismatch]),
+            stopping=StoppingCheck(
+                status="passed",
+                served_stop_rate=0.875,
+                reference_stop_rate=1.0,
+                tolerance=0.25,
+                finish_reasons={"stop": 7, "length": 1},
+            ),
+            agreement=AgreementCheck(
+                status="failed",
+                rate=0.5,
+                agreed=1,
+                prompts=2,
+                min_agreement=0.75,
+                disagreements=[Disagreement(prompt="q", served="low", reference="high")],
+            ),
+            applied=AppliedCheck(status="not checked", reason="no served base model"),
+        ),
+    )
+    assert result.checks.statuses() == {
+        "template": "failed",
+        "stopping": "passed",
+        "agreement": "failed",
+        "applied": "not checked",
+    }
+    report = render_report("fidelity.md.j2", result=result)
+    assert "**FAILED** against the run `runs/x` (not checked: applied)" in report
+    assert "| template | failed | 3 of 4 prompts token-identical |" in report
+    assert "| stopping | passed | served stop rate 88%, reference 100% |" in report
+    assert "| agreement | failed | 1 of 2 greedy answers equal the fp32 reference (needs 75%) |" in report
+    assert "| applied | not checked | no served base model |" in report
+    assert "- template differs at token 0 for 'hi': served `user:` vs trained `<|im`" in report
+    assert "- 'q': served `low` vs reference `high`" in report

@@ -1,0 +1,202 @@
+"""Typed results of ``tuneship eval`` and ``tuneship ab``.
+
+``results.json`` is ``model_dump_json()`` of these models; its JSON Schema is published in
+``clients/schemas/`` (``eval-results.schema.json``, ``ab-results.schema.json``) and a test keeps
+it equal to ``model_json_schema(mode="serialization")``. Regenerate both after a change with::
+
+    python -m tuneship.clients.results
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from tuneship.clients.config import FAIL_IF_POLICIES
+
+# 2: typed models with a published JSON Schema (1: hand-built dicts).
+SCHEMA_VERSION = 2
+SCHEMAS = Path(__file__).parent / "schemas"
+
+Verdict = Literal["better", "non-inferior", "worse", "inconclusive"]
+
+
+class _Result(BaseModel):
+    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
+
+
+class Comparison(_Result):
+    """One paired comparison of an adapter with its base on one metric (see ``clients/stats.py``)."""
+
+    metric: str
+    """Scorer name (``judge_win_rate`` for the pairwise judge)."""
+    kind: Literal["binary", "continuous", "judge"]
+    """Which test gave ``p_value``: exact McNemar, paired permutation, or sign test."""
+    base_mean: float
+    """Mean score of the base (0.5 for the judge: no preference)."""
+    adapter_mean: float
+    """Mean score of the adapter (the judge's win rate, ties counting half)."""
+    diff: float
+    """``adapter_mean - base_mean``, in the metric's units."""
+    ci_low: float
+    """Lower bound of the paired bootstrap 95% interval of ``diff``."""
+    ci_high: float
+    """Upper bound of the paired bootstrap 95% interval of ``diff``."""
+    p_value: float
+    """Two-sided p-value (Holm-adjusted when several comparisons share it)."""
+    improved: int
+    """Items where the adapter scores better than the base (judge: wins)."""
+    regressed: int
+    """Items where the adapter scores worse than the base (judge: losses)."""
+    n: int
+    """Paired items compared."""
+    verdict: Verdict
+    """better, non-inferior (within ``margin``), worse or inconclusive at the run's alpha."""
+    margin: float | None = None
+    """Non-inferiority margin, in the metric's units (None: no non-inferiority verdict)."""
+    higher_is_better: bool = True
+    """Direction of the metric; improved/regressed and the verdict follow it."""
+    improved_examples: list[str] = Field(default_factory=list)
+    """Ids of a few items that improved (empty for per-tag cells)."""
+    regressed_examples: list[str] = Field(default_factory=list)
+    """Ids of a few items that regressed (empty for per-tag cells)."""
+
+
+class LatencySummary(_Result):
+    """Streamed latency of one arm, as vLLM's serving benchmark defines it (see ``latency.py``)."""
+
+    model: str
+    concurrency: int
+    """Requests in flight."""
+    requests: int
+    """Requests timed (failed ones excluded)."""
+    failed: int
+    output_tokens: int
+    """Output tokens of all timed requests (the server's count)."""
+    duration_s: float
+    """Wall time of the whole run, seconds."""
+    output_throughput: float
+    """Output tokens per second over the run."""
+    ttft_p50_ms: float | None = None
+    ttft_p90_ms: float | None = None
+    ttft_p99_ms: float | None = None
+    tpot_p50_ms: float | None = None
+    tpot_p90_ms: float | None = None
+    tpot_p99_ms: float | None = None
+    itl_p50_ms: float | None = None
+    itl_p90_ms: float | None = None
+    itl_p99_ms: float | None = None
+    e2e_p50_ms: float | None = None
+    e2e_p90_ms: float | None = None
+    e2e_p99_ms: float | None = None
+    samples_e2e_s: list[float] = Field(default_factory=list)
+    """End-to-end latency of every timed request, seconds (for the strip plot)."""
+
+
+class JudgeSummary(_Result):
+    """The pairwise judge's outcome for one adapter (see ``clients/judge.py``)."""
+
+    judge_model: str
+    wins: int
+    ties: int
+    losses: int
+    position_consistency: float
+    """Share of items where both answer orders agree; below 0.5 the verdict is weak evidence."""
+    unparsed_replies: int
+
+
+class EvalResult(_Result):
+    """``tuneship eval``: one model scored on the data."""
+
+    schema_version: Literal[2] = SCHEMA_VERSION
+    model: str
+    """Served model name."""
+    items: int
+    """Evaluation items scored."""
+    scores: dict[str, float]
+    """Mean score per scorer."""
+    latency: LatencySummary | None = None
+    """Streamed latency (None when ``latency_requests`` is 0)."""
+    report: str | None = Field(default=None, exclude=True)
+    """Path of ``report.md`` (not saved in results.json)."""
+
+
+class ABResult(_Result):
+    """``tuneship ab``: adapters compared with their base on the same items."""
+
+    FAIL_IF_POLICIES: ClassVar[dict[str, tuple[str, ...]]] = FAIL_IF_POLICIES
+    """The CI gate: which primary-metric verdicts make ``--fail-if POLICY`` fail (one definition,
+    in ``clients/config.py``, where the CLI's choice list reads it without loading results)."""
+
+    schema_version: Literal[2] = SCHEMA_VERSION
+    base: str
+    """Served name of the base model."""
+    adapters: list[str]
+    """Served adapter names, in the order given."""
+    endpoint: str
+    items: int
+    """Paired items per arm."""
+    alpha: float
+    """Significance level."""
+    margin: float | None = None
+    """Non-inferiority margin, in the primary metric's units."""
+    sampling: str
+    """The generation settings every arm used (JSON)."""
+    warnings: list[str] = Field(default_factory=list)
+    primary_metric: str
+    """The first scorer: the one the verdict, the per-tag table and ``--fail-if`` use."""
+    comparisons: dict[str, list[Comparison]]
+    """Per adapter: one comparison per scorer (then the judge's, if any)."""
+    by_tag: dict[str, dict[str, Comparison]] = Field(default_factory=dict)
+    """Per adapter and item tag: the primary metric, Holm-adjusted across all cells."""
+    judge: dict[str, JudgeSummary] = Field(default_factory=dict)
+    """Per adapter, when a judge was asked."""
+    latency: dict[str, LatencySummary | None] = Field(default_factory=dict)
+    """Per arm (base and adapters)."""
+    latency_ratio: dict[str, dict[str, float]] = Field(default_factory=dict)
+    """Per adapter: adapter / base for the p50 and p99 latencies and the throughput."""
+    report: str | None = Field(default=None, exclude=True)
+    """Path of ``report.md`` (not saved in results.json)."""
+
+    def primary(self, adapter: str) -> Comparison:
+        """The primary-metric comparison of ``adapter``."""
+        return next(c for c in self.comparisons[adapter] if c.metric == self.primary_metric)
+
+    def failing(self, policy: str) -> list[str]:
+        """Adapters whose primary-metric verdict fails the CI gate ``policy`` (a key of FAIL_IF_POLICIES).
+
+        Raises:
+            KeyError: an unknown policy.
+        """
+        bad = FAIL_IF_POLICIES[policy]
+        return [a for a in self.comparisons if self.primary(a).verdict in bad]
+
+
+PUBLISHED: dict[str, type[BaseModel]] = {
+    "eval-results.schema.json": EvalResult,
+    "ab-results.schema.json": ABResult,
+}
+
+
+def json_schema(model: type[BaseModel]) -> dict:
+    """The JSON Schema of the results.json a model writes."""
+    return model.model_json_schema(mode="serialization")
+
+
+def write_schemas(folder: Path = SCHEMAS) -> list[Path]:
+    """Write the published schemas (run after changing a result model)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, model in PUBLISHED.items():
+        path = folder / name
+        path.write_text(json.dumps(json_schema(model), indent=2) + "\n")
+        paths.append(path)
+    return paths
+
+
+if __name__ == "__main__":
+    for written in write_schemas():
+        print(written)
