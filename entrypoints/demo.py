@@ -7,16 +7,21 @@ OpenAI API -> print the table and where everything went -> stop the server.
 
 from __future__ import annotations
 
+import contextlib
 import time
+from importlib.resources import as_file, files
 from pathlib import Path
 
 from rich.console import Console
 
+from tuneship.artifacts import TRAIN_LOG
 from tuneship.errors import TuneshipError
+from tuneship.logs import library_output
 
-REPO = Path(__file__).resolve().parents[1]
-EXAMPLES = REPO / "examples" / "tickets"
-PRESET = REPO / "train" / "configs" / "demo.yaml"
+# The example data lives in the source checkout (examples/make_tickets.py writes it), not in the
+# package; the training preset is package data of tuneship.train.
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "tickets"
+PRESET = files("tuneship.train").joinpath("configs", "demo.yaml")
 ADAPTER_NAME = "tickets"
 
 
@@ -42,30 +47,31 @@ def run_demo(workdir: Path, max_steps: int | None = None, port: int = 8011) -> d
         console.rule(f"[bold]{n}/6 {text}[/] ({time.time() - started:.0f}s)")
 
     step(1, "Base model")
-    base = resolve_base("default")
+    with console.status("resolving the default base model (built once from its GGUF file)"):
+        base = resolve_base("default")
     console.print(f"{base.name} at {base.path}")
 
     step(2, "Train a LoRA adapter")
-    config = load_config(
-        TrainConfig,
-        PRESET,
-        data=str(train_file),
-        eval_data=str(eval_file),
-        runs_dir=str(workdir / "runs"),
-        max_steps=max_steps,
-    )
-    run = train_model(config, force=True)
+    with as_file(PRESET) as preset:
+        config = load_config(
+            TrainConfig,
+            preset,
+            data=str(train_file),
+            eval_data=str(eval_file),
+            runs_dir=str(workdir / "runs"),
+            max_steps=max_steps,
+        )
+    run = train_model(config, force=True)  # one progress display; library output to the run's train.log
     console.print(
-        f"adapter: {run.adapter_dir} ({run.summary['steps']} steps, loss {run.summary['train_loss']})"
+        f"adapter: {run.adapter_dir} ({run.summary['steps']} steps, loss {run.summary['train_loss']}; "
+        f"log: {run.run_dir / TRAIN_LOG})"
     )
 
     step(3, "Export a merged model")
-    export = export_merged(run.run_dir, workdir / "exports" / config.name, force=True)
-    console.print(
-        f"merged model: {export.out} (parity: max |logit diff| "
-        f"{export.parity['max_abs_logit_diff']:.3f}, "
-        f"greedy agreement {export.parity['greedy_agreement']:.1%})"
-    )
+    export_log = workdir / "logs" / "demo-export.log"
+    with console.status("merging, saving and checking parity"), library_output(export_log):
+        export = export_merged(run.run_dir, workdir / "exports" / config.name, force=True)
+    console.print(f"merged model: {export.out} (parity: {export.parity.summary()}; log: {export_log})")
 
     step(4, "Serve base + adapter with vLLM")
     serve_config = ServeConfig(
@@ -73,15 +79,9 @@ def run_demo(workdir: Path, max_steps: int | None = None, port: int = 8011) -> d
         port=port,
         log_file=str(workdir / "logs" / "demo-vllm.log"),
     )
-    server = VLLMServer(serve_config)
-    with console.status(f"starting vLLM on port {port} (log: {server.log_path})"):
-        server.start()
-        try:
-            server.wait_ready()
-        except BaseException:
-            server.stop()
-            raise
-    try:
+    with contextlib.ExitStack() as running:  # the server stops when the block ends, however it ends
+        with console.status(f"starting vLLM on port {port} (log: {serve_config.log_file})"):
+            server = running.enter_context(VLLMServer(serve_config))
         console.print(f"serving {', '.join(server.served_names)} at {server.url}")
         step(5, "A/B evaluation on held-out tickets")
         settings = EvalSettings(
@@ -102,24 +102,22 @@ def run_demo(workdir: Path, max_steps: int | None = None, port: int = 8011) -> d
                 out=str(workdir / "reports" / config.name / "fidelity"),
             )
         )
-    finally:
-        server.stop()
     console.rule(f"[bold]Result[/] ({time.time() - started:.0f}s)")
-    for warning in result["warnings"]:
+    for warning in result.warnings:
         console.print(f"[red]{warning}[/]")
     console.print(ab_table(result))
-    primary = result["comparisons"][ADAPTER_NAME][0]
-    verdict = "beats" if primary["verdict"] == "better" else "does not clearly beat"
+    primary = result.primary(ADAPTER_NAME)
+    verdict = "beats" if primary.verdict == "better" else "does not clearly beat"
     console.print(
-        f"\nThe adapter {verdict} the base on {primary['metric']}: "
-        f"{primary['adapter_mean']:.1%} vs {primary['base_mean']:.1%} (p = {primary['p_value']:.2g})."
+        f"\nThe adapter {verdict} the base on {primary.metric}: "
+        f"{primary.adapter_mean:.1%} vs {primary.base_mean:.1%} (p = {primary.p_value:.2g})."
     )
-    checks = ", ".join(f"{name} {c['status']}" for name, c in fidelity["checks"].items())
-    colour = "green" if fidelity["verdict"] == "passed" else "red"
-    console.print(f"Fidelity [{colour}]{fidelity['verdict']}[/]: {checks}")
+    checks = ", ".join(f"{name} {status}" for name, status in fidelity.checks.statuses().items())
+    colour = "green" if fidelity.verdict == "passed" else "red"
+    console.print(f"Fidelity [{colour}]{fidelity.verdict}[/]: {checks}")
     console.print(
-        f"adapter:  {run.adapter_dir}\nexport:   {export.out}\nreport:   {result['report']}\n"
-        f"fidelity: {fidelity['report']}"
+        f"adapter:  {run.adapter_dir}\nexport:   {export.out}\nreport:   {result.report}\n"
+        f"fidelity: {fidelity.report}"
     )
     return {"run": run, "export": export, "ab": result, "fidelity": fidelity}
 

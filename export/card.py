@@ -1,67 +1,62 @@
-"""The model card (``README.md``) written into every merged export: where the model came from."""
+"""The model card (``README.md``) written into every merged export: where the model came from.
+
+A ``huggingface_hub.ModelCard`` whose front matter the Hub and other tools read as lineage
+(``base_model``, ``library_name``, ``tags``), with the body rendered from the Jinja2 template
+``export/templates/model_card.md.j2`` (package data; the web console can render it too).
+"""
 
 from __future__ import annotations
 
+from importlib.resources import files
 from typing import Any
 
+from tuneship.export.parity import Parity
+from tuneship.lineage import BaseIdentity, Lineage
 
-def model_card(name: str, lineage: dict, run: dict | None, parity: dict) -> str:
-    """Markdown: base, data, method and settings, training metrics, parity, lineage."""
-    base = lineage.get("base_model", {})
-    data = lineage.get("data", {})
-    config = (run or {}).get("config", {})
-    result = (run or {}).get("result", {})
-    base_name = base.get("name", "?")
-    rows = [
-        ("Base model", f"{base_name} (weights sha256 `{_short(base.get('weights_sha256'))}`)"),
-        ("Method", lineage.get("method", "?")),
-        (
-            "Data",
-            f"`{data.get('path', '?')}` ({data.get('format', '?')}, {data.get('examples', '?')} examples, "
-            f"sha256 `{_short(data.get('sha256'))}`)",
-        ),
-        ("Chat template sha256", f"`{_short(lineage.get('chat_template_sha256'))}`"),
-        ("Loss on", lineage.get("loss_on", "?")),
-        ("Seed", lineage.get("seed", "?")),
-        ("Saved dtype", lineage.get("dtype", "?")),
-    ]
-    settings = ("lora_r", "lora_alpha", "target_modules", "learning_rate", "max_steps", "batch_size")
-    for key in (*settings, "max_length"):
-        if key in config:
-            rows.append((key, config[key]))
-    for key in ("steps", "train_loss", "eval_loss", "num_tokens"):
-        if result.get(key) is not None:
-            rows.append((key.replace("_", " "), result[key]))
-    lines = [
-        f"# {name}",
-        "",
-        f"A merged model made by tuneship: the adapter is folded into the weights of {base_name}; "
-        "load it like any Hugging Face causal LM or serve it with vLLM.",
-        "",
-        "| | |",
-        "|---|---|",
-        *[f"| {k} | {_cell(v)} |" for k, v in rows],
-        "",
-        "## Parity with base + adapter",
-        "",
-        f"On {parity.get('prompts')} fixed prompts ({parity.get('positions')} positions) the merged weights "
-        f"give a max |logit difference| of {parity.get('max_abs_logit_diff')} against PEFT's base + adapter "
-        f"in fp32 and the same greedy next token at {parity.get('greedy_agreement', 0):.1%} of positions "
-        f"(tolerance {parity.get('tolerance')}, min agreement {parity.get('min_agreement')}). "
-        "See `parity.json`.",
-        "",
-        "## Files",
-        "",
-        "`manifest.json` holds the sha256 of every file; `tuneship export verify DIR` re-checks them. "
-        "`tuneship.json` is the full lineage record (library versions included).",
-        "",
-    ]
-    return "\n".join(lines)
+TEMPLATE = "model_card.md.j2"
+# Hub ids of bases whose local name is not one: the default base is built from the GGUF of this model.
+HUB_IDS = {"SmolLM2-135M-Instruct": "HuggingFaceTB/SmolLM2-135M-Instruct"}
+# Training settings and results shown in the card, in this order (from the run's run.yaml).
+SETTINGS = (
+    "lora_r",
+    "lora_alpha",
+    "target_modules",
+    "learning_rate",
+    "max_steps",
+    "batch_size",
+    "max_length",
+)
+RESULTS = ("steps", "train_loss", "eval_loss", "num_tokens")
 
 
-def _short(digest: Any) -> str:
-    return str(digest or "?")[:16]
+def model_card(name: str, lineage: Lineage, run: dict | None, parity: Parity) -> Any:
+    """The card of a merged export: a ``huggingface_hub.ModelCard`` (``card.save(path)`` writes it).
+
+    ``lineage`` is the merged model's record, ``run`` the training run's ``run.yaml`` (None for an
+    adapter that came without its run), ``parity`` the export's parity check.
+    """
+    from huggingface_hub import ModelCard, ModelCardData
+
+    base = lineage.base_model or BaseIdentity(name="?", path="?", source="?", weights_sha256="?")
+    config = (run or {}).get("config") or {}
+    result = (run or {}).get("result") or {}
+    rows = [(key, config[key]) for key in SETTINGS if key in config]
+    rows += [(key.replace("_", " "), result[key]) for key in RESULTS if result.get(key) is not None]
+    data = ModelCardData(
+        base_model=hub_id(base),
+        base_model_relation="finetune" if hub_id(base) else None,
+        library_name="transformers",
+        pipeline_tag="text-generation",
+        tags=["tuneship", *([lineage.method] if lineage.method else []), "merged"],
+    )
+    template = files("tuneship.export").joinpath("templates", TEMPLATE).read_text(encoding="utf-8")
+    return ModelCard.from_template(
+        data, template_str=template, name=name, base=base, lineage=lineage, rows=rows, parity=parity
+    )
 
 
-def _cell(value: Any) -> str:
-    return str(value).replace("|", "\\|").replace("\n", " ")
+def hub_id(base: BaseIdentity) -> str | None:
+    """The base's Hub model id for the front matter, or None for a local model the Hub cannot name."""
+    if base.source == "hub":
+        return base.name
+    return HUB_IDS.get(base.name) if base.source != "local" else None

@@ -12,52 +12,42 @@ into 4-bit weights.
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 from tuneship.adapters import locate_adapter
 from tuneship.artifacts import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
+    MODEL_CARD,
     PARITY,
     RUN_CONFIG,
     atomic_dir,
     read_json,
     read_yaml,
     sha256_file,
-    write_json,
 )
 from tuneship.chat import end_of_sequence_ids, resolve_chat_template, run_chat_template
 from tuneship.errors import ArtifactError
 from tuneship.export.card import model_card
 from tuneship.export.manifest import write_manifest
+from tuneship.export.parity import PARITY_PROMPTS, Dtype, Parity, compare_logits, last_logits
 from tuneship.lineage import Lineage, read_lineage, write_lineage
 from tuneship.models import ResolvedBase, base_of_adapter, load_peft
 
-DTYPES = ("bf16", "fp16", "fp32")
-# Worst-case |logit difference| accepted between the saved merged model and PEFT's
-# base + adapter in fp32. Rounding the merged weights to 16 bits moves logits of this
-# 135M model by ~0.1-0.3 (measured); 1.0 leaves room yet catches a wrong merge
-# (a skipped or doubled adapter moves them by several units).
-TOLERANCE = {"fp32": 1e-3, "bf16": 1.0, "fp16": 0.5}
-MIN_AGREEMENT = {"fp32": 1.0, "bf16": 0.9, "fp16": 0.95}
-PARITY_PROMPTS = [
-    "The capital of France is",
-    "Write a haiku about the sea.",
-    "My order has not arrived and I am upset.",
-    "def fibonacci(n):",
-    "Translate to German: good morning",
-    "List three primary colours:",
-    "URGENT: the router keeps crashing after the update",
-    "Summarise: the meeting moved to Tuesday at 3pm.",
-]
+log = logging.getLogger(__name__)
+
+DTYPES: tuple[str, ...] = get_args(Dtype)
 
 
 @dataclass
 class ExportResult:
+    """What a merged export produced: where, its parity check, and the base it was merged into."""
+
     out: Path
-    parity: dict
+    parity: Parity
     base: ResolvedBase
 
 
@@ -82,47 +72,19 @@ def _torch_dtype(name: str) -> Any:
     return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
 
 
-def last_logits(model: Any, tokenizer: Any, prompts: list[str]) -> Any:
-    """Logits at every position of each chat-rendered prompt (fp32, no grad)."""
-    import torch
-
-    out = []
-    with torch.no_grad():
-        for prompt in prompts:
-            ids = tokenizer.apply_chat_template(
-                [{"role": "user", "content": prompt}],
-                add_generation_prompt=True,
-                return_tensors="pt",
-                return_dict=True,
-            )["input_ids"]
-            out.append(model(input_ids=ids).logits[0].float())
-    return out
-
-
-def compare_logits(reference: list[Any], candidate: list[Any]) -> dict:
-    import torch
-
-    max_diff = max(float((r - c).abs().max()) for r, c in zip(reference, candidate, strict=True))
-    agree = torch.cat(
-        [(r.argmax(-1) == c.argmax(-1)).float() for r, c in zip(reference, candidate, strict=True)]
-    )
-    return {
-        "max_abs_logit_diff": round(max_diff, 6),
-        "greedy_agreement": round(float(agree.mean()), 4),
-        "positions": int(agree.numel()),
-        "prompts": len(reference),
-    }
-
-
 def export_merged(
     source: Path | str,
     out: Path | str,
     base_spec: str | None = None,
-    dtype: str = "bf16",
+    dtype: Dtype = "bf16",
     shard_size: str = "2GB",
     force: bool = False,
 ) -> ExportResult:
-    """Merge the adapter at ``source`` into its base and write a checked model to ``out``."""
+    """Merge the adapter at ``source`` into its base and write a checked model to ``out``.
+
+    Raises ArtifactError for a bad dtype, an existing ``out`` (without ``force``), an adapter
+    that cannot be merged or loaded, or a merged model that fails the parity check.
+    """
     if dtype not in DTYPES:
         raise ArtifactError(f"dtype must be one of {', '.join(DTYPES)}")
     out = Path(out)
@@ -132,14 +94,13 @@ def export_merged(
     base = base_of_adapter(adapter, base_spec)
     adapter_lineage = read_lineage(adapter) or Lineage(kind="adapter")
     run = run_record(adapter)
-    print(f"Merging {adapter} into {base.name} (fp32 weights), saving as {dtype}")
+    log.info("Merging %s into %s (fp32 weights), saving as %s", adapter, base.name, dtype)
     if adapter_lineage.method == "qlora":
-        print(
+        log.info(
             "The adapter was trained with QLoRA on a 4-bit base; it is merged into the base's "
             "full-precision weights (not into 4-bit weights, which would shift the outputs)."
         )
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, GenerationConfig
+    from transformers import AutoTokenizer
 
     tokenizer = AutoTokenizer.from_pretrained(base.path)
     # The template the examples were trained with (tuneship.chat), saved with the tokenizer.
@@ -151,38 +112,54 @@ def export_merged(
     peft_model.eval()
     reference = last_logits(peft_model, tokenizer, PARITY_PROMPTS)
     merged = peft_model.merge_and_unload()
+    lineage = adapter_lineage.model_copy(
+        update={
+            "kind": "merged-model",
+            "adapter": str(adapter.resolve()),
+            "adapter_sha256": sha256_file(adapter / ADAPTER_WEIGHTS),
+            "dtype": dtype,
+        }
+    )
     with atomic_dir(out, force=force) as tmp:
-        merged.to(_torch_dtype(dtype)).save_pretrained(tmp, max_shard_size=shard_size)
-        tokenizer.save_pretrained(tmp)
-        generation = (
-            GenerationConfig.from_pretrained(base.path)
-            if (base.path / "generation_config.json").is_file()
-            else GenerationConfig()
-        )
-        # The server stops on these ids; make sure the tokenizer's end-of-turn token is among them.
-        generation.eos_token_id = end_of_sequence_ids(tokenizer, base.path)
-        generation.pad_token_id = tokenizer.pad_token_id
-        generation.save_pretrained(tmp)
-        reloaded = AutoModelForCausalLM.from_pretrained(tmp, dtype=torch.float32).eval()
-        parity = compare_logits(reference, last_logits(reloaded, tokenizer, PARITY_PROMPTS))
-        parity.update(dtype=dtype, tolerance=TOLERANCE[dtype], min_agreement=MIN_AGREEMENT[dtype])
-        parity["passed"] = (
-            parity["max_abs_logit_diff"] <= TOLERANCE[dtype]
-            and parity["greedy_agreement"] >= MIN_AGREEMENT[dtype]
-        )
-        if not parity["passed"]:
-            raise ArtifactError(f"merged model does not match base + adapter: {parity}")
-        write_json(tmp / PARITY, parity)
-        lineage = adapter_lineage.model_copy(
-            update={
-                "kind": "merged-model",
-                "adapter": str(adapter.resolve()),
-                "adapter_sha256": sha256_file(adapter / ADAPTER_WEIGHTS),
-                "dtype": dtype,
-            }
-        )
+        save_merged(merged, tokenizer, base, tmp, dtype, shard_size)
+        parity = check_saved(tmp, tokenizer, reference, dtype)
         write_lineage(tmp, lineage)
-        record = lineage.model_dump(mode="json", exclude_none=True)
-        (tmp / "README.md").write_text(model_card(out.name, record, run, parity))
-        write_manifest(tmp, record)
+        model_card(out.name, lineage, run, parity).save(tmp / MODEL_CARD)
+        write_manifest(tmp, lineage.model_dump(mode="json", exclude_none=True))
     return ExportResult(out, parity, base)
+
+
+def save_merged(
+    merged: Any, tokenizer: Any, base: ResolvedBase, out: Path, dtype: Dtype, shard_size: str
+) -> None:
+    """Weights in ``dtype``, the tokenizer (with the run's template) and a generation config
+    whose end-of-sequence ids include the template's end-of-turn token (the server stops on them).
+    """
+    from transformers import GenerationConfig
+
+    merged.to(_torch_dtype(dtype)).save_pretrained(out, max_shard_size=shard_size)
+    tokenizer.save_pretrained(out)
+    generation = (
+        GenerationConfig.from_pretrained(base.path)
+        if (base.path / "generation_config.json").is_file()
+        else GenerationConfig()
+    )
+    generation.eos_token_id = end_of_sequence_ids(tokenizer, base.path)
+    generation.pad_token_id = tokenizer.pad_token_id
+    generation.save_pretrained(out)
+
+
+def check_saved(directory: Path, tokenizer: Any, reference: list[Any], dtype: Dtype) -> Parity:
+    """Reload the saved weights in fp32 and compare them with base + adapter; writes ``parity.json``.
+
+    Raises ArtifactError when they do not match within ``dtype``'s limits.
+    """
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    reloaded = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
+    parity = compare_logits(reference, last_logits(reloaded, tokenizer, PARITY_PROMPTS), dtype)
+    if not parity.passed:
+        raise ArtifactError(f"merged model does not match base + adapter: {parity.summary()}")
+    (directory / PARITY).write_text(parity.model_dump_json(indent=2) + "\n")
+    return parity

@@ -17,14 +17,19 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, get_args
 
 from tuneship.errors import DataError
 
-FORMATS = ("messages", "prompt-completion", "alpaca", "sharegpt")
+log = logging.getLogger(__name__)
+
+# The data formats, written once: the config's choice type, and FORMATS for messages.
+DataFormat = Literal["messages", "prompt-completion", "alpaca", "sharegpt"]
+FORMATS: tuple[str, ...] = get_args(DataFormat)
 ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {
     "system": "system",
@@ -274,4 +279,4 @@ def raise_or_skip(path: Path, problems: list[str], skip_invalid: bool) -> None:
         if len(problems) > MAX_REPORTED:
             shown.append(f"... and {len(problems) - MAX_REPORTED} more")
         raise DataError(f"{path}: {len(problems)} invalid row(s); fix them or pass --skip-invalid", shown)
-    print(f"Skipping {len(problems)} invalid row(s) in {path} (--skip-invalid)")
+    log.warning("Skipping %d invalid row(s) in %s (--skip-invalid)", len(problems), path)

@@ -1,4 +1,4 @@
-"""Training metrics: tokens/second on the progress bar, metrics.jsonl, and a loss plot."""
+"""Training metrics: tokens/second on the progress display, metrics.jsonl, and a loss plot."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ from transformers import TrainerCallback
 
 
 class MetricsWriter(TrainerCallback):  # type: ignore[misc]
-    """Add tokens/second to every log entry and append it to metrics.jsonl as it happens.
+    """Add tokens/second to every training log entry and append every entry to metrics.jsonl.
 
-    Runs before the progress callback, so the rate also shows beside the loss there.
+    The rate is over the tokens the Trainer counted since the previous entry
+    (``num_input_tokens_seen``). Runs before the progress callback, so the rate shows there too.
     """
 
     def __init__(self, path: Path) -> None:
@@ -24,12 +25,11 @@ class MetricsWriter(TrainerCallback):  # type: ignore[misc]
         if not logs or not state.is_world_process_zero:
             return
         now = time.perf_counter()
-        if "num_tokens" in logs:
+        tokens = logs.get("num_input_tokens_seen")
+        if tokens is not None and "loss" in logs:  # a training entry, not a held-out or final one
             if self.last is not None and now > self.last[0]:
-                logs["tokens_per_second"] = round(
-                    (logs["num_tokens"] - self.last[1]) / (now - self.last[0]), 1
-                )
-            self.last = (now, logs["num_tokens"])
+                logs["tokens_per_second"] = round((tokens - self.last[1]) / (now - self.last[0]), 1)
+            self.last = (now, tokens)
         with self.path.open("a") as f:
             f.write(json.dumps({"step": state.global_step, **logs}) + "\n")
 
@@ -38,13 +38,14 @@ class MetricsWriter(TrainerCallback):  # type: ignore[misc]
 
 
 def read_metrics(path: Path) -> list[dict]:
+    """The entries of a metrics.jsonl (none when it does not exist)."""
     if not path.is_file():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def write_loss_plot(metrics: Path, out: Path) -> Path | None:
-    """Train and held-out loss against steps, as a PNG."""
+    """Train and held-out loss against steps, as a PNG at ``out``; None when nothing was logged."""
     rows = read_metrics(metrics)
     train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
     held_out = [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r]

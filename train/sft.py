@@ -5,17 +5,20 @@
 writes ``runs/NAME/``: ``adapter/`` (PEFT; ``model/`` for full fine-tuning),
 ``run.yaml`` (resolved config and lineage), ``metrics.jsonl`` and ``loss.png``,
 ``tensorboard/``, ``chat_template.jinja`` (the template the examples were rendered
-with) and ``checkpoints/`` (for --resume). Runs unchanged under ``torchrun`` /
-``accelerate launch`` (data-parallel; gloo on CPU).
+with), ``train.log`` (the libraries' warnings and messages) and ``checkpoints/`` (for
+--resume). The console gets tuneship's messages (logging) and one progress display. Runs
+unchanged under ``torchrun`` / ``accelerate launch`` (data-parallel; gloo on CPU), where
+only the first process reports.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +30,7 @@ from tuneship.artifacts import (
     METRICS,
     MODEL_DIR,
     RUN_CONFIG,
+    TRAIN_LOG,
     atomic_dir,
     library_versions,
     sha256_file,
@@ -35,11 +39,15 @@ from tuneship.artifacts import (
 from tuneship.chat import resolve_chat_template, template_sha256
 from tuneship.errors import ArtifactError
 from tuneship.lineage import DataRecord, Lineage, write_lineage
+from tuneship.logs import library_output
 from tuneship.models import ResolvedBase, resolve_base
 from tuneship.train.config import TrainConfig
-from tuneship.train.data import load_dataset
+from tuneship.train.data import Dataset, load_dataset
 from tuneship.train.metrics import MetricsWriter, write_loss_plot
+from tuneship.train.progress import RichProgress
 from tuneship.train.render import Rendered, render_dataset
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -53,10 +61,10 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def say(message: str) -> None:
-    """Print once per job, not once per data-parallel process."""
+def say(message: str, level: int = logging.INFO) -> None:
+    """Log once per job, not once per data-parallel process."""
     if is_main_process():
-        print(message, flush=True)
+        log.log(level, message)
 
 
 def use_bf16(precision: str) -> bool:
@@ -151,7 +159,7 @@ def load_model(config: TrainConfig, base: ResolvedBase, bf16: bool) -> tuple[Any
     if config.method == "prompt-tuning":
         return model, PromptTuningConfig(task_type="CAUSAL_LM", num_virtual_tokens=config.num_virtual_tokens)
     if config.method == "dora":
-        say("WARNING: vLLM cannot serve DoRA adapters; export a merged model to serve this run.")
+        say("vLLM cannot serve DoRA adapters; export a merged model to serve this run.", logging.WARNING)
     targets: str | list[str] = config.target_modules
     if targets != "all-linear":
         targets = [t.strip() for t in config.target_modules.split(",") if t.strip()]
@@ -175,14 +183,16 @@ def build_trainer(
     eval_rows: list[Rendered],
     bf16: bool,
 ) -> Any:
+    """The trainer: TRL's SFTTrainer with the sparse loss, progress display and metrics file."""
+    import datasets
     import torch
-    from datasets import Dataset
+    from transformers import PrinterCallback
     from trl import SFTConfig
 
     from tuneship.train.trainer import SparseLossSFTTrainer
 
     def to_dataset(rows: list[Rendered]) -> Any:
-        return Dataset.from_dict(
+        return datasets.Dataset.from_dict(
             {"input_ids": [r.input_ids for r in rows], "labels": [r.labels for r in rows]}
         )
 
@@ -214,9 +224,11 @@ def build_trainer(
         ddp_backend="gloo" if distributed and not torch.cuda.is_available() else None,
         ddp_find_unused_parameters=False,  # every adapter parameter takes part in each step
         report_to=_reporters(),
-        disable_tqdm=False,
+        disable_tqdm=True,  # RichProgress draws the one bar
+        # The Trainer's own count: padding-free packed rows hold no padding, padded ones are masked.
+        include_num_input_tokens_seen="all" if packing else "non_padding",
     )
-    return SparseLossSFTTrainer(
+    trainer = SparseLossSFTTrainer(
         sparse_loss=config.method != "prompt-tuning",  # virtual tokens shift the positions
         model=model,
         args=args,
@@ -224,8 +236,10 @@ def build_trainer(
         eval_dataset=to_dataset(eval_rows) if eval_rows else None,
         processing_class=tokenizer,
         peft_config=peft_config,
-        callbacks=[MetricsWriter(run_dir / METRICS)],
+        callbacks=[MetricsWriter(run_dir / METRICS), RichProgress()],  # in this order: see RichProgress
     )
+    trainer.remove_callback(PrinterCallback)  # with tqdm off it would print every log dict
+    return trainer
 
 
 # Padding share below which padded batches beat packing on CPU: packed rows need a
@@ -280,13 +294,20 @@ def padding_fraction(trainer: Any, packing: bool) -> float:
 
 
 def train_model(config: TrainConfig, force: bool = False, resume: bool = False) -> RunResult:
-    """Check the data, train, and write the run directory; returns where it went."""
-    for key in ("data", "eval_data", "chat_template"):  # the run record must work from anywhere
-        if getattr(config, key):
-            setattr(config, key, str(Path(getattr(config, key)).resolve()))
+    """Check the data, train, and write the run directory; returns where it went.
+
+    The libraries' warnings and messages go to ``RUN_DIR/train.log``, not the console. Raises
+    DataError for unusable data, ArtifactError for a run directory that must not be replaced,
+    ModelError for a base model that cannot be found.
+    """
     data = load_dataset(config.data, config.format or None, config.skip_invalid)
-    say(f"Data: {data.path} (format: {data.format}, {len(data.examples)} examples)")
     run_dir, _ = prepare_run_dir(config, force, resume)
+    with library_output(run_dir / TRAIN_LOG):
+        say(f"Data: {data.path} (format: {data.format}, {len(data.examples)} examples)")
+        return _train(config, data, run_dir, resume)
+
+
+def _train(config: TrainConfig, data: Dataset, run_dir: Path, resume: bool) -> RunResult:
     base = resolve_base(config.base)
     tokenizer, template = load_tokenizer(base, config.chat_template)
     rows, stats = render_dataset(
@@ -310,20 +331,37 @@ def train_model(config: TrainConfig, force: bool = False, resume: bool = False) 
     checkpoint = latest_checkpoint(run_dir) if resume else None
     if checkpoint:
         say(f"Resuming from {checkpoint}")
-    output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
-    tokens = [e["num_tokens"] for e in trainer.state.log_history if "num_tokens" in e]
+    try:
+        output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    finally:
+        for callback in trainer.callback_handler.callbacks:
+            if isinstance(callback, RichProgress):
+                callback.close()  # a failed run sends no end event
     evals = [e["eval_loss"] for e in trainer.state.log_history if "eval_loss" in e]
     summary = {
         "steps": trainer.state.global_step,
         "train_loss": round(float(output.training_loss), 4),
         "eval_loss": round(evals[-1], 4) if evals else None,
         "train_seconds": round(time.time() - started, 1),
-        "num_tokens": int(tokens[-1]) if tokens else None,
+        "num_tokens": int(trainer.state.num_input_tokens_seen) or None,
         "precision": "bf16" if bf16 else "fp32",
         "padding_fraction": round(padding, 4),
         "packing": bool(trainer.args.packing),
     }
-    lineage = Lineage(
+    lineage = run_lineage(config, base, data, template)
+    output_dir = run_dir / (MODEL_DIR if config.method == "full" else ADAPTER_DIR)
+    # Every process takes part in gathering the weights (FSDP shards them); one writes them.
+    state_dict = trainer.accelerator.get_state_dict(trainer.model)
+    if trainer.is_world_process_zero():
+        model = trainer.accelerator.unwrap_model(trainer.model)
+        save_run(model, state_dict, tokenizer, template, config, run_dir, output_dir, lineage, summary)
+    trainer.accelerator.wait_for_everyone()  # no process reports success before the adapter exists
+    return RunResult(run_dir, output_dir, summary)
+
+
+def run_lineage(config: TrainConfig, base: ResolvedBase, data: Dataset, template: str) -> Lineage:
+    """The lineage record of a run: base, data, template, method and library versions."""
+    return Lineage(
         kind="full-model" if config.method == "full" else "adapter",
         method=config.method,
         base_model=base.identity(),
@@ -339,14 +377,6 @@ def train_model(config: TrainConfig, force: bool = False, resume: bool = False) 
         seed=config.seed,
         versions=library_versions(),
     )
-    output_dir = run_dir / (MODEL_DIR if config.method == "full" else ADAPTER_DIR)
-    # Every process takes part in gathering the weights (FSDP shards them); one writes them.
-    state_dict = trainer.accelerator.get_state_dict(trainer.model)
-    if trainer.is_world_process_zero():
-        model = trainer.accelerator.unwrap_model(trainer.model)
-        save_run(model, state_dict, tokenizer, template, config, run_dir, output_dir, lineage, summary)
-    trainer.accelerator.wait_for_everyone()  # no process reports success before the adapter exists
-    return RunResult(run_dir, output_dir, summary)
 
 
 def save_run(
@@ -366,8 +396,9 @@ def save_run(
         if config.method == "full":
             tokenizer.save_pretrained(tmp)
         write_lineage(tmp, lineage)
+        (tmp / CHAT_TEMPLATE).write_text(template)  # travels with the adapter (registry, export)
     (run_dir / CHAT_TEMPLATE).write_text(template)
-    record = {"config": asdict(config), "lineage": lineage.model_dump(mode="json", exclude_none=True)}
+    record = {"config": config.model_dump(), "lineage": lineage.model_dump(mode="json", exclude_none=True)}
     write_yaml(run_dir / RUN_CONFIG, {**record, "result": summary})
     write_loss_plot(run_dir / METRICS, run_dir / LOSS_PLOT)
 

