@@ -79,7 +79,7 @@ def test_packed_batches_have_no_padding(tiny_base, small_data, tmp_path):
 
 
 def test_auto_packing_follows_the_padding_it_would_save():
-    from tuneship.train.sft import expected_padding, use_packing
+    from tuneship.train.packing import expected_padding, use_packing
 
     assert expected_padding([10] * 16, 8) == 0.0
     assert expected_padding([10, 30] * 8, 8) == pytest.approx(1 - 20 / 30)
