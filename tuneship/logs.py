@@ -37,7 +37,9 @@ class _CurrentStderr(logging.StreamHandler):  # type: ignore[type-arg]
     """Writes to whatever ``sys.stderr`` is now: rich's live displays swap it to print above themselves."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        self.setStream(sys.stderr)
+        # Assign, not setStream(): that flushes the previous stream, which a finished
+        # CliRunner or rich display may already have closed.
+        self.stream = sys.stderr
         super().emit(record)
 
 
