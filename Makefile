@@ -31,10 +31,14 @@ test: lint
 
 # Style, then the three floors (import-linter contracts in pyproject.toml), checked on an
 # installed copy: package-dir maps the stage folders into `tuneship` only when installed.
+# It is installed from a fresh copy of the sources, because setuptools reuses ./build/lib,
+# where modules deleted since an earlier build linger and would be linted as if they existed.
+LINT_SOURCES := pyproject.toml README.md tuneship train export serve clients entrypoints
 lint: setup
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .
-	rm -rf .lint-tree && $(BIN)/pip install --quiet --no-deps --no-build-isolation --no-compile \
-		--target .lint-tree . > .lint-tree.log 2>&1 || (cat .lint-tree.log; exit 1)
+	rm -rf .lint-tree .lint-src && mkdir .lint-src && cp -r $(LINT_SOURCES) .lint-src/
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation --no-compile \
+		--target .lint-tree ./.lint-src > .lint-tree.log 2>&1 || (cat .lint-tree.log; exit 1)
 	cd .lint-tree && PYTHONPATH=. ../$(BIN)/lint-imports --no-cache ../pyproject.toml
 
 clean-venv:
