@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers import API_KEY, TICKETS, free_port, make_adapter, tiny_config, write_rows
+from helpers import TICKETS, make_adapter, registry_server_config, tiny_config, write_rows
 
 
 @pytest.fixture(scope="session")
@@ -54,6 +54,10 @@ def tiny_base(default_base, tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("tiny-llama")
     LlamaForCausalLM(config).save_pretrained(path)
     tokenizer.save_pretrained(path)
+    # Like a model a user hands to `serve --runtime docker`: readable by the image's unprivileged
+    # user (save_pretrained writes 0600 and pytest's directories are 0700).
+    for item in [path, *path.iterdir()]:
+        item.chmod(0o755 if item.is_dir() else 0o644)
     return path
 
 
@@ -106,19 +110,9 @@ def registry(tiny_base: Path, tiny_run, tmp_path_factory: pytest.TempPathFactory
 @pytest.fixture(scope="session")
 def live_server(tiny_base: Path, registry, tmp_path_factory: pytest.TempPathFactory):
     """One real vLLM server for the session: the tiny base plus the registry's adapters, hot loading on."""
-    from tuneship.serve.config import ServeConfig
     from tuneship.serve.server import VLLMServer
 
     logs = tmp_path_factory.mktemp("vllm-logs")
-    config = ServeConfig(
-        base=str(tiny_base),
-        served_name="tiny-base",
-        registry=str(registry.root),
-        api_key=API_KEY,
-        port=free_port(),
-        kv_cache_gb=1,
-        max_model_len=512,
-        log_file=str(logs / "vllm.log"),
-    )
+    config = registry_server_config(registry.root, logs, "tiny-base", base=str(tiny_base))
     with VLLMServer(config) as server:
         yield server

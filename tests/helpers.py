@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import json
 import socket
+import sys
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -45,6 +46,24 @@ def tiny_config(tiny_base: Path, data: Path, runs: Path, name: str, **overrides)
 
 
 API_KEY = "test-key-123"
+# The tuneship command line as a subprocess: what a user runs.
+CLI = [sys.executable, "-m", "tuneship.entrypoints.cli"]
+
+
+def registry_server_config(registry_root: Path, log_dir: Path, served_name: str, **overrides):
+    """A ServeConfig for a test server of a registry: hot loading on (API key), small KV cache, free port."""
+    from tuneship.serve.config import ServeConfig
+
+    settings = dict(
+        served_name=served_name,
+        registry=str(registry_root),
+        api_key=API_KEY,
+        port=free_port(),
+        kv_cache_gb=1,
+        max_model_len=512,
+        log_file=str(Path(log_dir) / "vllm.log"),
+    )
+    return ServeConfig(**{**settings, **overrides})
 
 
 def make_adapter(

@@ -169,7 +169,6 @@ def test_the_cpu_image_serves_an_adapter_and_answers_an_ab_run(
     import json
 
     client, host = engine
-    subprocess.run(["chmod", "-R", "a+rX", str(tiny_base)], check=True)  # save_pretrained writes 0600
     port = free_port()
     env = {**os.environ, "DOCKER_HOST": host, "TUNESHIP_API_KEY": API_KEY}
     command = [

@@ -9,7 +9,7 @@ import json
 import shutil
 
 import pytest
-from helpers import API_KEY, TICKETS, flaky_proxy, free_port, make_adapter
+from helpers import API_KEY, TICKETS, flaky_proxy, free_port, make_adapter, registry_server_config
 
 from tuneship.entrypoints.verify import FidelityResult, FidelitySettings, verify_fidelity
 
@@ -49,20 +49,12 @@ def smol_run(default_base, tmp_path_factory):
 def smol_server(default_base, smol_run, tmp_path_factory):
     """The default model with the smol adapter from a registry; hot loading on."""
     from tuneship.serve.registry import Registry
-    from tuneship.serve.server import ServeConfig, VLLMServer
+    from tuneship.serve.server import VLLMServer
 
     work = tmp_path_factory.mktemp("smol-server")
     registry = Registry(work / "registry")
     registry.add("smol", smol_run.run_dir)
-    config = ServeConfig(
-        served_name="smol-base",
-        registry=str(registry.root),
-        api_key=API_KEY,
-        port=free_port(),
-        kv_cache_gb=1,
-        max_model_len=1024,
-        log_file=str(work / "vllm.log"),
-    )
+    config = registry_server_config(registry.root, work, "smol-base", max_model_len=1024)
     with VLLMServer(config) as server:
         yield server
 

@@ -8,13 +8,21 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
-from helpers import API_KEY, TICKETS, free_port, make_adapter, tiny_config, write_rows
+from helpers import (
+    API_KEY,
+    CLI,
+    TICKETS,
+    free_port,
+    make_adapter,
+    registry_server_config,
+    tiny_config,
+    write_rows,
+)
 
 from tuneship.adapters import adapter_chat_template, plan_chat_template
 from tuneship.artifacts import CHAT_TEMPLATE
@@ -189,22 +197,13 @@ def test_registry_and_adapter_only_export_carry_the_template(custom_run, tmp_pat
 def custom_server(tiny_base, custom_run, tmp_path_factory):
     """The tiny base with a registry of two adapters that share the CUSTOM template; hot loading on."""
     from tuneship.serve.registry import Registry
-    from tuneship.serve.server import ServeConfig, VLLMServer
+    from tuneship.serve.server import VLLMServer
 
     work = tmp_path_factory.mktemp("custom-server")
     registry = Registry(work / "registry")
     registry.add("custom", custom_run.run_dir)
     registry.add("custom-alt", _custom_adapter(tiny_base, work / "alt"))
-    config = ServeConfig(
-        base=str(tiny_base),
-        served_name="tiny-base",
-        registry=str(registry.root),
-        api_key=API_KEY,
-        port=free_port(),
-        kv_cache_gb=1,
-        max_model_len=512,
-        log_file=str(work / "vllm.log"),
-    )
+    config = registry_server_config(registry.root, work, "tiny-base", base=str(tiny_base))
     with VLLMServer(config) as server:
         yield server
 
@@ -281,9 +280,7 @@ def test_hot_loading_refuses_an_adapter_of_another_template(custom_server, tiny_
 def test_serve_refuses_adapters_of_different_templates_before_vllm_starts(custom_run, tiny_base, tmp_path):
     plain = _plain_adapter(tiny_base, tmp_path / "plain")
     command = [
-        sys.executable,
-        "-m",
-        "tuneship.entrypoints.cli",
+        *CLI,
         "serve",
         "--base",
         str(tiny_base),

@@ -2,9 +2,9 @@
 
 import os
 import subprocess
-import sys
 
 import pytest
+from helpers import CLI
 
 from tuneship.errors import ServerError
 from tuneship.serve.container import DockerServer, container_spec, pinned_versions
@@ -56,16 +56,7 @@ def test_without_an_engine_docker_runtime_fails_clearly(tiny_base, monkeypatch, 
     with pytest.raises(ServerError, match="no Docker engine answers"):
         DockerServer(ServeConfig(base=str(tiny_base))).start()
     cli = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tuneship.entrypoints.cli",
-            "serve",
-            "--base",
-            str(tiny_base),
-            "--runtime",
-            "docker",
-        ],
+        [*CLI, "serve", "--base", str(tiny_base), "--runtime", "docker"],
         capture_output=True,
         text=True,
         env={**os.environ, "DOCKER_HOST": f"unix://{tmp_path}/no-engine.sock"},
