@@ -1,6 +1,8 @@
-"""Evaluation items: JSONL rows with ``messages`` or ``prompt`` and one or more references.
+"""Evaluation items: rows with ``messages`` or ``prompt`` and one or more references.
 
-Accepted rows:
+Files are read as training data is (:mod:`tuneship.rows`): JSONL, JSON, CSV, Parquet or a
+datasets directory, UTF-8 with or without a byte-order mark, CRLF, blank lines, CSV cells
+holding JSON; a row that is not valid UTF-8 is reported with its line. Accepted rows:
   * {"messages": [..., {"role": "assistant", "content": REF}], "tags": [...]}
     (the training format: the last assistant turn becomes the reference)
   * {"messages": [...], "reference": REF | [REF, ...]}
@@ -9,11 +11,11 @@ Accepted rows:
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tuneship.errors import EvalError
+from tuneship.errors import DataError, EvalError, RowError
+from tuneship.rows import read_rows, require_object
 
 
 @dataclass
@@ -34,6 +36,7 @@ def _references(row: dict) -> list[str] | None:
 
 
 def parse_row(row: dict, item_id: str) -> EvalItem:
+    """One evaluation item from a row; raises ValueError (RowError) saying what is wrong."""
     tags = [str(t) for t in row.get("tags", [])] if isinstance(row.get("tags"), list) else []
     refs = _references(row)
     if "messages" in row:
@@ -54,21 +57,22 @@ def parse_row(row: dict, item_id: str) -> EvalItem:
 
 
 def load_items(path: Path | str, limit: int | None = None) -> list[EvalItem]:
-    """Read evaluation items; every bad row is reported as ``file:line: reason``."""
+    """Read evaluation items; every bad row is reported as ``file:line: reason``.
+
+    Raises EvalError naming every invalid row (first 20), or when the file holds no rows.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise EvalError(f"{path}: file not found")
     items, problems = [], []
-    for lineno, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-            if not isinstance(row, dict):
-                raise ValueError("expected a JSON object")
-            items.append(parse_row(row, item_id=f"{path.stem}-{lineno}"))
-        except (json.JSONDecodeError, ValueError) as e:
-            problems.append(f"{path}:{lineno}: {e}")
+    try:
+        for where, number, row in read_rows(path):
+            try:
+                if isinstance(row, RowError):
+                    raise row
+                items.append(parse_row(require_object(row), item_id=f"{path.stem}-{number}"))
+            except ValueError as e:
+                problems.append(f"{where}: {e}")
+    except DataError as e:
+        raise EvalError(str(e)) from None
     if problems:
         more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
         raise EvalError(f"{path}: {len(problems)} invalid row(s):\n  " + "\n  ".join(problems[:20]) + more)

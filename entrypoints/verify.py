@@ -151,7 +151,7 @@ class FidelityResult(_Record):
 
 def _conversations(run: dict, samples: int, seed: int) -> tuple[list[list[dict]], list[list[dict]]]:
     """(training prompts, held-out prompts): each conversation cut before its last assistant turn."""
-    from tuneship.train.data import load_dataset
+    from tuneship.train.data import TextExample, load_dataset
 
     config = run["config"]
 
@@ -161,6 +161,8 @@ def _conversations(run: dict, samples: int, seed: int) -> tuple[list[list[dict]]
         data = load_dataset(path, config.get("format") or None, skip_invalid=True)
         out = []
         for example in data.examples:
+            if isinstance(example, TextExample):
+                continue  # plain text has no chat prompt to compare
             last = max(i for i, m in enumerate(example.messages) if m["role"] == "assistant")
             out.append([{"role": m["role"], "content": m["content"]} for m in example.messages[:last]])
         random.Random(seed).shuffle(out)

@@ -7,28 +7,33 @@ Files: JSONL, JSON (a list of rows), CSV, Parquet, and local ``datasets`` direct
   * ``prompt-completion``: {"prompt": str, "completion": str}
   * ``alpaca``:            {"instruction": str, "input"?: str, "output": str, "system"?: str}
   * ``sharegpt``:          {"conversations": [{"from": "human"|"gpt"|"system", "value": str}, ...]}
+  * ``text``:              {"text": str} (plain text: language modelling on the whole row)
 
-Every format becomes one list of chat messages, so every example is rendered by the
-model's chat template, the same one the server applies at inference. Assistant
-messages carry a ``weight`` (1 = trained, 0 = context only, as in OpenAI's format).
+Every chat format becomes one list of chat messages (an :class:`Example`), so every
+conversation is rendered by the model's chat template, the same one the server applies at
+inference. Assistant messages carry a ``weight`` (1 = trained, 0 = context only, as in
+OpenAI's format). A ``text`` row is no conversation: it stays a :class:`TextExample`, trained
+on every token with the end-of-sequence token appended, without a chat template.
+
+Reading (encodings, byte-order marks, CRLF, blank lines, CSV cells holding JSON) is
+:mod:`tuneship.rows`, shared with evaluation data.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
-from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
-from tuneship.errors import DataError
+from tuneship.errors import DataError, RowError
+from tuneship.rows import read_rows, require_object
 
 log = logging.getLogger(__name__)
 
 # The data formats, written once: the config's choice type, and FORMATS for messages.
-DataFormat = Literal["messages", "prompt-completion", "alpaca", "sharegpt"]
+DataFormat = Literal["messages", "prompt-completion", "alpaca", "sharegpt", "text"]
 FORMATS: tuple[str, ...] = get_args(DataFormat)
 ROLES = ("system", "user", "assistant")
 SHAREGPT_ROLES = {
@@ -40,8 +45,15 @@ SHAREGPT_ROLES = {
     "chatgpt": "assistant",
     "model": "assistant",
 }
+# The keys that tell each format (for messages about a row that fits none).
+FORMAT_KEYS = {
+    "messages": "messages",
+    "sharegpt": "conversations",
+    "alpaca": "instruction/output",
+    "prompt-completion": "prompt/completion",
+    "text": "text",
+}
 MAX_REPORTED = 20
-SUFFIXES = (".jsonl", ".json", ".csv", ".parquet")
 
 
 @dataclass
@@ -53,84 +65,24 @@ class Example:
 
 
 @dataclass
+class TextExample:
+    """One plain-text row (format ``text``): language modelling on the whole of ``text``."""
+
+    where: str
+    text: str
+
+
+@dataclass
 class Dataset:
     path: Path
-    format: str
-    examples: list[Example]
-    problems: list[str] = field(default_factory=list)  # rows skipped with --skip-invalid
-
-
-class RowError(ValueError):
-    """What is wrong with one row (the message names it for the user)."""
-
-
-def read_rows(path: Path) -> Iterator[tuple[str, Any]]:
-    """Yield ``(location, row)``; a row that cannot be parsed is yielded as a RowError."""
-    if path.is_dir():
-        yield from _read_datasets_dir(path)
-    elif path.suffix == ".jsonl":
-        with path.open(encoding="utf-8") as f:
-            for lineno, line in enumerate(f, start=1):
-                if line.strip():
-                    try:
-                        yield f"{path}:{lineno}", json.loads(line)
-                    except json.JSONDecodeError as e:
-                        yield f"{path}:{lineno}", RowError(f"invalid JSON ({e.msg} at column {e.colno})")
-    elif path.suffix == ".json":
-        try:
-            data = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise DataError(f"{path}:{e.lineno}: invalid JSON ({e.msg})") from None
-        if isinstance(data, dict) and isinstance(data.get("data"), list):
-            data = data["data"]
-        if not isinstance(data, list):
-            raise DataError(f'{path}: expected a JSON list of rows (or {{"data": [...]}})')
-        for i, row in enumerate(data):
-            yield f"{path}: row {i + 1}", row
-    elif path.suffix == ".csv":
-        with path.open(encoding="utf-8", newline="") as f:
-            reader = csv.DictReader(f)
-            for row in reader:
-                # line of the row's last physical line, header is line 1
-                yield f"{path}:{reader.line_num}", _decode_json_cells(row)
-    elif path.suffix == ".parquet":
-        import pyarrow.parquet as pq
-
-        for i, row in enumerate(pq.read_table(path).to_pylist()):
-            yield f"{path}: row {i + 1}", row
-    else:
-        raise DataError(f"{path}: unsupported file type (use {', '.join(SUFFIXES)} or a datasets directory)")
-
-
-def _read_datasets_dir(path: Path) -> Iterator[tuple[str, Any]]:
-    from datasets import DatasetDict, load_from_disk
-
-    try:
-        data = load_from_disk(str(path))
-    except Exception as e:  # datasets raises FileNotFoundError/ValueError for non-dataset dirs
-        raise DataError(f"{path}: not a datasets directory saved with save_to_disk ({e})") from None
-    if isinstance(data, DatasetDict):
-        if "train" not in data:
-            raise DataError(f"{path}: a DatasetDict without a 'train' split ({', '.join(data)})")
-        data = data["train"]
-    for i, row in enumerate(data):
-        yield f"{path}: row {i + 1}", row
-
-
-def _decode_json_cells(row: dict) -> dict:
-    """CSV cells holding JSON lists (messages/conversations) are decoded."""
-    out: dict[str, Any] = {}
-    for key, value in row.items():
-        if key in ("messages", "conversations") and isinstance(value, str):
-            try:
-                value = json.loads(value)
-            except json.JSONDecodeError:
-                pass
-        out[key] = value
-    return out
+    format: str | None  # None: no row fits a format
+    examples: list[Example | TextExample]
+    problems: list[str] = field(default_factory=list)  # ``file:line: reason`` of every invalid row
+    rows: int = 0  # rows read, valid or not
 
 
 def detect_format(row: Any) -> str | None:
+    """The format whose keys ``row`` has (None when it fits none, or is no object)."""
     if not isinstance(row, dict):
         return None
     if "messages" in row:
@@ -141,7 +93,30 @@ def detect_format(row: Any) -> str | None:
         return "alpaca"
     if "prompt" in row or "completion" in row:
         return "prompt-completion"
+    if "text" in row:
+        return "text"
     return None
+
+
+def to_example(row: Any, where: str, fmt: str, detected_from: str | None = None) -> Example | TextExample:
+    """One checked example of format ``fmt``, or RowError.
+
+    ``detected_from`` is the ``file:line`` the format was detected from (None: chosen by the
+    user); with it, a row of another format, or of none, is refused as such.
+    """
+    row = require_object(row)
+    own = detect_format(row)
+    if detected_from is not None and own != fmt:
+        if own is None:
+            keys = ", ".join(repr(str(k)) for k in row) or "none"
+            expected = ", ".join(f"{key} ({name})" for name, key in FORMAT_KEYS.items())
+            raise RowError(f"keys {keys} fit no format; expected the keys of one of: {expected}")
+        raise RowError(
+            f"a {own} row ({FORMAT_KEYS[own]}), but the data's format is {fmt}, detected from {detected_from}"
+        )
+    if fmt == "text":
+        return TextExample(where, _text(row, "text"))
+    return Example(where, to_messages(row, fmt))
 
 
 def _text(row: dict, key: str, required: bool = True) -> str:
@@ -231,43 +206,53 @@ def check_messages(messages: Any, key: str) -> list[dict]:
     return clean
 
 
-def load_dataset(path: Path | str, fmt: str | None = None, skip_invalid: bool = False) -> Dataset:
-    """Read and check every row; all problems are reported at once as ``file:line: reason``."""
+def read_dataset(path: Path | str, fmt: str | None = None) -> Dataset:
+    """Read and check every row, refusing none: invalid rows are in ``Dataset.problems``.
+
+    The format is ``fmt``, or the format of the first row that fits one (``Dataset.format`` is
+    None when no row does, and every row is then a problem). Raises DataError for an unknown
+    ``fmt`` or a file that cannot be read at all.
+    """
     path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: file not found")
     if fmt is not None and fmt not in FORMATS:
         raise DataError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
-    examples: list[Example] = []
+    rows = list(read_rows(path))
+    detected_from = None  # stays None when the user chose the format
+    if fmt is None:
+        found = ((where, detect_format(row)) for where, _, row in rows if not isinstance(row, RowError))
+        detected_from, fmt = next(((where, f) for where, f in found if f), ("", None))
+    examples: list[Example | TextExample] = []
     problems: list[str] = []
     seen: dict[str, str] = {}
-    for where, row in read_rows(path):
-        if isinstance(row, RowError):
-            problems.append(f"{where}: {row}")
-            continue
-        if fmt is None:
-            fmt = detect_format(row)
-            if fmt is None:
-                raise DataError(
-                    f"{where}: cannot tell the format of the data; expected one of "
-                    f"{', '.join(FORMATS)} (keys: messages, prompt/completion, "
-                    "instruction/output, conversations), or pass --format"
-                )
+    for where, _, row in rows:
         try:
-            messages = to_messages(row, fmt)
+            if isinstance(row, RowError):
+                raise row
+            example = to_example(row, where, fmt or "", detected_from)
         except RowError as e:
             problems.append(f"{where}: {e}")
             continue
-        key = json.dumps(messages, sort_keys=True)
+        content = example.text if isinstance(example, TextExample) else example.messages
+        key = json.dumps(content, sort_keys=True)
         if key in seen:
             problems.append(f"{where}: exact duplicate of {seen[key]}")
             continue
         seen[key] = where
-        examples.append(Example(where, messages))
-    raise_or_skip(path, problems, skip_invalid)
-    if not examples:
-        raise DataError(f"{path}: no usable rows")
-    return Dataset(path, fmt or "messages", examples, problems)
+        examples.append(example)
+    return Dataset(path, fmt, examples, problems, rows=len(rows))
+
+
+def load_dataset(path: Path | str, fmt: str | None = None, skip_invalid: bool = False) -> Dataset:
+    """Read and check every row; all problems are reported at once as ``file:line: reason``.
+
+    Raises DataError naming every invalid row unless ``skip_invalid`` (then they are dropped,
+    listed in ``Dataset.problems``), and when no row is usable.
+    """
+    data = read_dataset(path, fmt)
+    raise_or_skip(data.path, data.problems, skip_invalid)
+    if not data.examples:
+        raise DataError(f"{data.path}: no usable rows")
+    return data
 
 
 def raise_or_skip(path: Path, problems: list[str], skip_invalid: bool) -> None:
@@ -279,4 +264,5 @@ def raise_or_skip(path: Path, problems: list[str], skip_invalid: bool) -> None:
         if len(problems) > MAX_REPORTED:
             shown.append(f"... and {len(problems) - MAX_REPORTED} more")
         raise DataError(f"{path}: {len(problems)} invalid row(s); fix them or pass --skip-invalid", shown)
-    log.warning("Skipping %d invalid row(s) in %s (--skip-invalid)", len(problems), path)
+    # The caller chose to skip; which flag or setting made it choose is not ours to say.
+    log.warning("Skipping %d invalid row(s) in %s", len(problems), path)

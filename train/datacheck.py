@@ -1,92 +1,136 @@
-"""``tuneship data check FILE``: what training would see, without loading a model.
+"""``tuneship data check``: what training would see, without loading a model; a gate for pipelines.
 
-:func:`check_data` returns a :class:`DataCheck`; the CLI prints its :meth:`DataCheck.render`.
+:func:`check_data` reads and renders the data with the settings ``tuneship train`` would use
+(a :class:`TrainConfig`) and returns a :class:`DataCheck`: a typed result whose
+:attr:`DataCheck.passed` says whether training would accept the data, whose JSON is the
+command's ``--json`` output, and whose :meth:`DataCheck.render` is its report.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
+
+from pydantic import BaseModel, Field, computed_field
 
 from tuneship.chat import resolve_chat_template
 from tuneship.models import resolve_base
-from tuneship.train.data import MAX_REPORTED, load_dataset
-from tuneship.train.render import IGNORE, TokenStats, render, render_dataset, show_loss_tokens
+from tuneship.train.config import TrainConfig
+from tuneship.train.data import MAX_REPORTED, read_dataset
+from tuneship.train.render import IGNORE, TokenStats, render_example, render_examples, show_loss_tokens
 
 TRAINED_STYLE = "green on grey15"
 
 
-@dataclass
-class DataCheck:
+class ShownExample(BaseModel):
+    """One rendered example with the pieces that carry loss marked."""
+
+    where: str = Field(description="file:line of the row")
+    pieces: list[tuple[str, bool]] = Field(description="decoded text pieces, true where they carry loss")
+    trained_tokens: int = Field(description="tokens of the example that carry loss")
+
+
+class DataCheck(BaseModel):
     """What ``tuneship train`` would see in a data file, with the same settings."""
 
-    path: Path
-    format: str
-    rows: int  # rows read, valid or not
-    problems: list[str]  # ``file:line: reason`` of every invalid row
-    base: str  # the base model whose tokenizer and chat template rendered the rows
+    path: str = Field(description="the data file or datasets directory")
+    format: str | None = Field(description="the data format (None: no row fits one)")
+    rows: int = Field(description="rows read, valid or not")
+    examples: int = Field(description="valid examples that fit in max_length: what training would use")
+    problems: list[str] = Field(description="file:line: reason of every invalid or too long row")
+    skip_invalid: bool = Field(description="training drops invalid rows instead of refusing the data")
+    base: str = Field(description="the base model whose tokenizer rendered the rows")
+    chat_template: str | None = Field(
+        description="the chat template that rendered the conversations: a file, or the base's own "
+        "(None: text rows, rendered without one)"
+    )
     max_length: int
-    stats: TokenStats
-    example_where: str  # ``file:line`` of the example shown
-    example: list[tuple[str, bool]]  # its decoded pieces, True where they carry loss
-    trained_in_example: int  # tokens of that example that carry loss
+    loss_on: str = Field(description="tokens that carry loss in conversations (text rows: every token)")
+    stats: TokenStats | None = Field(description="token statistics of the valid rows (None: no valid row)")
+    example: ShownExample | None = Field(description="the first example that fits, as rendered")
+
+    @computed_field(description="training would accept this data (the command's exit status is 0)")
+    @property
+    def passed(self) -> bool:
+        return self.examples > 0 and (not self.problems or self.skip_invalid)
 
     def render(self) -> list[Any]:
         """The report as rich renderables (markup strings and a Text), one per line, to print in order."""
         from rich.markup import escape
-        from rich.text import Text
 
         out: list[Any] = [
-            f"[bold]{escape(str(self.path))}[/]: format [bold]{self.format}[/], {self.rows} rows, "
-            f"{len(self.problems)} invalid"
+            f"[bold]{escape(self.path)}[/]: format [bold]{self.format or 'unknown'}[/], {self.rows} rows, "
+            f"{len(self.problems)} invalid",
+            f"tokenizer of {escape(self.base)}; {escape(self._template())}",
         ]
         out += [f"  [red]{escape(problem)}[/]" for problem in self.problems[:MAX_REPORTED]]
         if len(self.problems) > MAX_REPORTED:
             out.append(f"  ... and {len(self.problems) - MAX_REPORTED} more")
-        out.append(f"tokenizer and chat template of {escape(self.base)}")
-        out += ["  " + escape(line) for line in self.stats.lines(self.max_length)]
-        out.append(
-            f"\nExample ({escape(self.example_where)}); [{TRAINED_STYLE}]«marked»[/] text carries loss:"
-        )
-        text = Text()
-        for piece, trained in self.example:
-            text.append(f"«{piece}»" if trained else piece, style=TRAINED_STYLE if trained else "dim")
-        out.append(text)
+        if self.stats is not None:
+            out += ["  " + escape(line) for line in self.stats.lines(self.max_length)]
+        if self.example is not None:
+            out += self._render_example(self.example)
+        out.append(self._verdict())
         return out
 
+    def _template(self) -> str:
+        if self.chat_template:
+            return f"chat template: {self.chat_template}"
+        return "no chat template (text rows: every token carries loss, end-of-sequence token appended)"
 
-def check_data(
-    path: str | Path,
-    fmt: str | None = None,
-    base: str = "default",
-    max_length: int = 512,
-    loss_on: str = "assistant",
-    chat_template: str | None = None,
-) -> DataCheck:
-    """Read and render every row as training would: format, problems, token statistics, and the
-    first example with its loss tokens marked. Invalid rows are reported, not raised (DataError
-    only when no row is usable).
+    def _render_example(self, example: ShownExample) -> list[Any]:
+        from rich.markup import escape
+        from rich.text import Text
+
+        text = Text()
+        for piece, trained in example.pieces:
+            text.append(f"«{piece}»" if trained else piece, style=TRAINED_STYLE if trained else "dim")
+        title = f"\nExample ({escape(example.where)}); [{TRAINED_STYLE}]«marked»[/] text carries loss:"
+        return [title, text]
+
+    def _verdict(self) -> str:
+        invalid = len(self.problems)
+        if not self.examples:
+            return "[bold red]Refused:[/] no usable rows; training would stop here"
+        if not invalid:
+            return f"[bold green]Passed:[/] all {self.examples} examples are valid"
+        if self.skip_invalid:
+            dropped = f"{invalid} invalid row(s) would be dropped"
+            return f"[bold yellow]Passed:[/] {dropped}; {self.examples} examples would train"
+        return f"[bold red]Refused:[/] {invalid} invalid row(s); training would refuse this data"
+
+
+def check_data(config: TrainConfig) -> DataCheck:
+    """Read and render every row of ``config.data`` as ``train_model(config)`` would, refusing none.
+
+    Invalid and too long rows are listed in the result, not raised. Raises DataError only for
+    data that cannot be read at all, ModelError for a base or chat template that cannot be found.
     """
     from transformers import AutoTokenizer
 
-    data = load_dataset(path, fmt, skip_invalid=True)
-    model = resolve_base(base)
+    data = read_dataset(config.data, config.format)
+    model = resolve_base(config.base)
     tokenizer = AutoTokenizer.from_pretrained(model.path)
-    template = resolve_chat_template(tokenizer, chat_template)
-    n_rows = len(data.examples) + len(data.problems)
-    _, stats = render_dataset(data, tokenizer, max_length, template, loss_on, skip_invalid=True)
-    example = data.examples[0]
-    ids, labels, _ = render(example.messages, tokenizer, template, loss_on)
+    template = resolve_chat_template(tokenizer, config.chat_template or None)
+    rendered, stats, too_long = render_examples(data, tokenizer, config.max_length, template, config.loss_on)
+    example = None
+    if rendered:
+        first = next(e for e in data.examples if e.where == rendered[0].where)
+        ids, labels = render_example(first, tokenizer, template, config.loss_on)
+        shown = show_loss_tokens(ids, labels, tokenizer)
+        trained = sum(label != IGNORE for label in labels)
+        example = ShownExample(where=first.where, pieces=shown, trained_tokens=trained)
+    own = f"the tokenizer's own of {model.name}"
     return DataCheck(
-        path=data.path,
+        path=str(data.path),
         format=data.format,
-        rows=n_rows,
-        problems=list(data.problems),
+        rows=data.rows,
+        examples=len(rendered),
+        problems=data.problems + too_long,
+        skip_invalid=config.skip_invalid,
         base=model.name,
-        max_length=max_length,
+        chat_template=None if data.format == "text" else (config.chat_template or own),
+        max_length=config.max_length,
+        loss_on=config.loss_on,
         stats=stats,
-        example_where=example.where,
-        example=show_loss_tokens(ids, labels, tokenizer),
-        trained_in_example=sum(label != IGNORE for label in labels),
+        example=example,
     )

@@ -1,8 +1,10 @@
-"""Tokenize rendered conversations and decide which tokens carry loss.
+"""Tokenize rendered conversations and plain-text rows, and decide which tokens carry loss.
 
 The template and the trained spans come from :mod:`tuneship.chat` (the one owner of the
 chat template). Labels are built here, not from the pad token, so the end-of-turn token
-is trained even when pad == eos.
+is trained even when pad == eos. A plain-text row (:class:`TextExample`) is language
+modelling: no template, every token trained, the end-of-sequence token appended so the
+model learns where a text ends.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from typing import Any
 
 from tuneship.chat import trained_spans
 from tuneship.errors import DataError
-from tuneship.train.data import Dataset, raise_or_skip
+from tuneship.train.data import Dataset, Example, TextExample, raise_or_skip
 
 IGNORE = -100
 LOSS_ON = ("assistant", "all")
@@ -67,6 +69,59 @@ def render(
     return ids, labels, text
 
 
+def render_text(text: str, tokenizer: Any) -> tuple[list[int], list[int]]:
+    """Token ids and labels of a plain-text row: the tokenizer's own special tokens (a BOS where
+    it adds one), the text, and the end-of-sequence token; every token carries loss.
+
+    Raises DataError when the tokenizer has no end-of-sequence token.
+    """
+    if tokenizer.eos_token_id is None:
+        name = getattr(tokenizer, "name_or_path", "the tokenizer")
+        raise DataError(f"{name}: no end-of-sequence token, so text rows cannot be told where to end")
+    ids = list(tokenizer(text, add_special_tokens=True)["input_ids"])
+    if not ids or ids[-1] != tokenizer.eos_token_id:
+        ids.append(tokenizer.eos_token_id)
+    return ids, list(ids)
+
+
+def render_example(
+    example: Example | TextExample,
+    tokenizer: Any,
+    chat_template: str | None = None,
+    loss_on: str = "assistant",
+) -> tuple[list[int], list[int]]:
+    """Token ids and labels of one example: a conversation through the chat template, a text
+    row as language modelling (``loss_on`` does not apply: every token is trained)."""
+    if isinstance(example, TextExample):
+        return render_text(example.text, tokenizer)
+    ids, labels, _ = render(example.messages, tokenizer, chat_template, loss_on)
+    return ids, labels
+
+
+def render_examples(
+    data: Dataset,
+    tokenizer: Any,
+    max_length: int,
+    chat_template: str | None = None,
+    loss_on: str = "assistant",
+) -> tuple[list[Rendered], TokenStats | None, list[str]]:
+    """Render every example, refusing none: (those that fit, token statistics of all, the
+    ``file:line: reason`` of those longer than ``max_length``). Statistics are None without examples."""
+    if loss_on not in LOSS_ON:
+        raise DataError(f"loss_on must be one of {', '.join(LOSS_ON)}")
+    rendered, problems, lengths = [], [], []
+    trained = 0
+    for example in data.examples:
+        ids, labels = render_example(example, tokenizer, chat_template, loss_on)
+        lengths.append(len(ids))
+        if len(ids) > max_length:
+            problems.append(f"{example.where}: {len(ids)} tokens, longer than max_length {max_length}")
+            continue
+        trained += sum(label != IGNORE for label in labels)
+        rendered.append(Rendered(example.where, ids, labels))
+    return rendered, token_stats(lengths, max_length, trained) if lengths else None, problems
+
+
 def render_dataset(
     data: Dataset,
     tokenizer: Any,
@@ -75,23 +130,14 @@ def render_dataset(
     loss_on: str = "assistant",
     skip_invalid: bool = False,
 ) -> tuple[list[Rendered], TokenStats]:
-    """Render every example; those longer than ``max_length`` are invalid rows too."""
-    if loss_on not in LOSS_ON:
-        raise DataError(f"loss_on must be one of {', '.join(LOSS_ON)}")
-    rendered, problems, lengths = [], [], []
-    trained = 0
-    for example in data.examples:
-        ids, labels, _ = render(example.messages, tokenizer, chat_template, loss_on)
-        lengths.append(len(ids))
-        if len(ids) > max_length:
-            problems.append(f"{example.where}: {len(ids)} tokens, longer than max_length {max_length}")
-            continue
-        trained += sum(label != IGNORE for label in labels)
-        rendered.append(Rendered(example.where, ids, labels))
-    stats = token_stats(lengths, max_length, trained)
+    """Render every example; those longer than ``max_length`` are invalid rows too.
+
+    Raises DataError naming them unless ``skip_invalid``, and when no example fits.
+    """
+    rendered, stats, problems = render_examples(data, tokenizer, max_length, chat_template, loss_on)
     raise_or_skip(data.path, problems, skip_invalid)
     data.problems.extend(problems)
-    if not rendered:
+    if not rendered or stats is None:
         raise DataError(f"{data.path}: no example fits in max_length {max_length}")
     return rendered, stats
 

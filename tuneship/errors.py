@@ -30,3 +30,8 @@ class ServerError(TuneshipError):
 
 class EvalError(TuneshipError):
     """An evaluation could not run (unreachable endpoint, unknown model, bad data)."""
+
+
+class RowError(ValueError):
+    """What is wrong with one data row; readers yield it in the row's place, so the other rows are
+    still checked and every problem is reported at once as ``file:line: reason``."""

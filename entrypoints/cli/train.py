@@ -13,7 +13,7 @@ from tuneship.train.config import TrainConfig
 # Short or historic flag names of training settings (the field's own name works too).
 FLAGS = {"learning_rate": "--lr"}
 # What `data check` looks at: the data, and how training would render and cut it.
-DATA_CHECK = ("format", "base", "chat_template", "loss_on", "max_length")
+DATA_CHECK = ("format", "base", "chat_template", "loss_on", "max_length", "skip_invalid")
 
 
 @click.command()
@@ -26,7 +26,7 @@ def train(config_file: str | None, resume: bool, force: bool, **overrides: Any) 
     """Train an adapter (or a full model) on a dataset; writes runs/NAME/.
 
     Data: JSONL, JSON, CSV, Parquet or a datasets directory, in messages, prompt/completion,
-    alpaca or sharegpt format. Every row is checked before any model loads.
+    alpaca, sharegpt or text format. Every row is checked before any model loads.
     """
     from tuneship.train.sft import is_main_process, train_model
 
@@ -50,22 +50,29 @@ def data() -> None:
 @click.argument("path", required=False, type=click.Path(exists=True))
 @config_option
 @options_from(TrainConfig, exclude=set(TrainConfig.model_fields) - set(DATA_CHECK), config_file=True)
+@click.option("--json", "as_json", is_flag=True, help="print the result (DataCheck) as JSON, not a report")
 @friendly_errors
-def data_check(path: str | None, config_file: str | None, **overrides: Any) -> None:
+def data_check(path: str | None, config_file: str | None, as_json: bool, **overrides: Any) -> None:
     """Check a data file: bad rows, token lengths, trained tokens, one rendered example.
 
     PATH (default: the data of --config) is read exactly as `tuneship train` with the same
-    settings would read it.
+    settings would read it. Exit status 1 when training would refuse the data (an invalid row,
+    unless skipped); 0 when it would train.
     """
     from rich.console import Console
 
     from tuneship.train.datacheck import check_data
 
-    c = load_config(TrainConfig, config_file, data=path, **overrides)
-    report = check_data(c.data, c.format, c.base, c.max_length, c.loss_on, c.chat_template or None)
-    console = Console(highlight=False)
-    for line in report.render():
-        console.print(line)
+    config = load_config(TrainConfig, config_file, data=path, **overrides)
+    report = check_data(config)
+    if as_json:
+        click.echo(report.model_dump_json(indent=2))
+    else:
+        console = Console(highlight=False, soft_wrap=True)  # one line per problem, for grep
+        for line in report.render():
+            console.print(line)
+    if not report.passed:
+        raise SystemExit(1)
 
 
 COMMANDS = (train, data)

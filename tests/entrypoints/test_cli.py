@@ -240,7 +240,7 @@ def test_data_check_reads_what_train_would(tuneship_home, tmp_path):
     from tuneship.entrypoints.cli import cli
 
     config = tmp_path / "c.yaml"
-    config.write_text(f"data: {TICKETS / 'train.jsonl'}\nmax_length: 100\nmethod: lora\n")
+    config.write_text(f"data: {TICKETS / 'train.jsonl'}\nmax_length: 100\nmethod: lora\nskip_invalid: true\n")
     result = CliRunner().invoke(cli, ["data", "check", "--config", str(config)])
     assert result.exit_code == 0, result.output
     assert "format messages, 600 rows" in result.output and "longer than max_length 100:" in result.output

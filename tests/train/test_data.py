@@ -97,7 +97,7 @@ BAD = [
     (json.dumps({"prompt": "p"}), "missing field 'completion'"),
     (json.dumps({"prompt": "p", "completion": " "}), "field 'completion' is empty"),
     (json.dumps({"prompt": 3, "completion": "c"}), "field 'prompt' is not a string"),
-    (json.dumps([1]), "expected an object"),
+    (json.dumps([1]), "the row is an array, not an object"),
 ]
 BAD_CHAT = [
     ([{"role": "robot", "content": "u"}, {"role": "assistant", "content": "a"}], "unknown role 'robot'"),
@@ -156,9 +156,25 @@ def test_skip_invalid_keeps_the_good_rows(tmp_path, caplog):
     assert "Skipping 1 invalid row(s)" in caplog.text
 
 
-def test_unknown_shape_asks_for_format(tmp_path):
-    with pytest.raises(DataError, match="cannot tell the format"):
-        load_dataset(write(tmp_path, [json.dumps({"text": "hello"})]))
+def test_rows_that_fit_no_format_or_another_one_say_so(tmp_path):
+    path = write(
+        tmp_path,
+        [
+            json.dumps({"question": "q", "answer": "a"}),
+            json.dumps({"prompt": "p", "completion": "c"}),
+            json.dumps({"messages": CHAT}),
+        ],
+    )
+    with pytest.raises(DataError) as info:
+        load_dataset(path)
+    assert f"{path}:1: keys 'question', 'answer' fit no format; expected the keys of one of: " in str(info.value)
+    assert (
+        f"{path}:3: a messages row (messages), but the data's format is prompt-completion, "
+        f"detected from {path}:2" in str(info.value)
+    )
+    alone = write(tmp_path, [json.dumps({"question": "q"})], name="none.jsonl")
+    with pytest.raises(DataError, match=r"none.jsonl:1: keys 'question' fit no format"):
+        load_dataset(alone)
 
 
 def test_example_data_is_valid_in_both_forms():

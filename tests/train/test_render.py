@@ -86,8 +86,10 @@ def test_data_check_command_shows_stats_and_loss_tokens(tuneship_home):
 
     from tuneship.entrypoints.cli import cli
 
-    result = CliRunner().invoke(cli, ["data", "check", str(TICKETS / "train.jsonl"), "--max-length", "120"])
+    args = ["data", "check", str(TICKETS / "train.jsonl"), "--max-length", "120", "--skip-invalid"]
+    result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
+    assert "invalid row(s) would be dropped" in result.output
     assert "format messages, 600 rows" in result.output
     assert "tokens per example: min" in result.output and "longer than max_length 120:" in result.output
     assert "carry loss" in result.output
