@@ -25,20 +25,23 @@ from typing import Any
 
 import httpx
 
-from tuneship.adapters import (
-    TemplatePlan,
-    adapter_hash,
-    check_adapter,
-    fitting_max_lora_rank,
-    plan_chat_template,
-)
+from tuneship.adapters import adapter_hash, check_adapter, fitting_max_lora_rank
 from tuneship.artifacts import MANIFEST
-from tuneship.chat import model_chat_template
 from tuneship.errors import ArtifactError, ServerError, TuneshipError
 from tuneship.models import ResolvedBase, resolve_base
+from tuneship.serve.capacity import (
+    AUTO_MAX_MODEL_LEN,
+    check_max_model_len,
+    context_note,
+    lora_slots,
+    model_context,
+    slots_note,
+)
 from tuneship.serve.config import ServeConfig
 from tuneship.serve.guard import BASE_SHA_ENV, LIVE_ENV, MAX_RANK_ENV, REGISTRY_ENV, TEMPLATE_SHA_ENV
 from tuneship.serve.registry import Registry
+from tuneship.serve.stopping import plan_stopping
+from tuneship.serve.templates import applied_chat_template, served_chat_template
 
 # Engine settings a user's own environment may override.
 CPU_DEFAULTS = ("VLLM_CPU_KVCACHE_SPACE", "HF_HUB_OFFLINE", "VLLM_NO_USAGE_STATS", "DO_NOT_TRACK")
@@ -77,12 +80,13 @@ def build_vllm_args(
     host: str | None = None,
     port: int | None = None,
     chat_template: str | None = None,
+    generation_config: str = "auto",
 ) -> list[str]:
     """The command line that starts vLLM for this configuration (the API key goes in the environment).
 
     ``adapters`` maps names to the paths vLLM will see; ``chat_template``, the path of the template
-    file vLLM applies instead of the base's own (see :func:`plan_chat_template`); the keyword
-    arguments override what differs inside a container.
+    file vLLM applies instead of the base's own; ``generation_config``, vLLM's ``--generation-config``
+    (see :mod:`tuneship.serve.stopping`); the keyword arguments override what differs in a container.
     """
     args = [
         python,
@@ -97,9 +101,9 @@ def build_vllm_args(
         "--port",
         str(port or config.port),
         "--max-model-len",
-        str(config.max_model_len),
+        str(config.max_model_len or AUTO_MAX_MODEL_LEN),
         "--generation-config",
-        "auto",
+        generation_config,
     ]
     if gpu:
         args += [
@@ -114,7 +118,7 @@ def build_vllm_args(
             "--max-lora-rank",
             str(max_lora_rank(config, ranks)),
             "--max-loras",
-            str(config.max_loras or max(1, len(adapters))),
+            str(lora_slots(config.max_loras, len(adapters))),
         ]
     if adapters:
         args += ["--lora-modules", *(f"{name}={path}" for name, path in adapters.items())]
@@ -123,32 +127,6 @@ def build_vllm_args(
     if chat_template:
         args += ["--chat-template", chat_template]
     return args + list(config.extra_args)
-
-
-def served_chat_template(config: ServeConfig, base: ResolvedBase, adapters: dict[str, str]) -> TemplatePlan:
-    """The chat template this server applies (one for all its models), checked against ``adapters``.
-
-    The default is a ``--chat-template`` among ``extra_args`` (a file or the template itself, as
-    vLLM takes it), else the base's own. Raises ArtifactError when the adapters need another.
-    """
-    extra = list(config.extra_args)
-    given = next((a.split("=", 1)[1] for a in extra if a.startswith("--chat-template=")), None)
-    if "--chat-template" in extra[:-1]:
-        given = extra[extra.index("--chat-template") + 1]
-    if given is None:
-        return plan_chat_template(adapters, model_chat_template(base.path))
-    try:
-        text = Path(given).read_text(encoding="utf-8") if Path(given).is_file() else given
-    except OSError:  # too long for a file name: the template itself
-        text = given
-    plan = plan_chat_template(adapters, text, default=f"the --chat-template given ({given[:60]})")
-    if plan.file:
-        raise ArtifactError(
-            f"{', '.join(plan.adapters)}: trained with chat template {plan.file} "
-            f"(sha256 {(plan.sha256 or '')[:12]}), not the --chat-template given; "
-            "leave it out and tuneship passes theirs"
-        )
-    return plan
 
 
 class VLLMServer:
@@ -179,6 +157,10 @@ class VLLMServer:
             self.chat_template = served_chat_template(config, self.base, self.adapters)
         except ArtifactError as e:
             raise TuneshipError(f"refusing to serve: {e}") from None
+        self.context = model_context(self.base.path)
+        check_max_model_len(config.max_model_len, self.context)
+        template_text = applied_chat_template(config, self.base, self.chat_template)
+        self.stopping = plan_stopping(self.base.path, template_text, config.served_name or self.base.name)
         self.gpu = has_cuda()
         local_paths = {name: str(Path(path).resolve()) for name, path in self.adapters.items()}
         template = self.chat_template.file
@@ -189,6 +171,7 @@ class VLLMServer:
             self.ranks,
             self.gpu,
             chat_template=str(template.resolve()) if template else None,
+            generation_config=self.stopping.vllm_value,
         )
         self.log_path = Path(config.log_file or f"logs/vllm-{config.port}.log")
         self.process: subprocess.Popen[bytes] | None = None
@@ -204,7 +187,10 @@ class VLLMServer:
 
     def notes(self) -> list[str]:
         """What a user should know about this server beyond its names."""
-        notes = [self.chat_template.describe()]
+        served = self._served_max_model_len() if self.process is not None else None
+        notes = [self.chat_template.describe(), context_note(self.config.max_model_len, self.context, served)]
+        slots = slots_note(self.config.max_loras, len(self.adapters), self.config.hot_loading)
+        notes += [n for n in (self.stopping.note, slots) if n]
         if self.config.hot_loading:
             notes.append(f"Hot loading: on, from {self.config.registry} only (tuneship adapters load NAME)")
         elif self.config.registry:
@@ -212,6 +198,15 @@ class VLLMServer:
         if len(self.adapters) == 1:
             notes.append(f"Serving one adapter: a merged export is faster. {MERGED_SPEEDUP}")
         return notes
+
+    def _served_max_model_len(self) -> int | None:
+        """The base's max_model_len as the live server reports it (vLLM may fit it to the KV cache)."""
+        headers = {"Authorization": f"Bearer {self.config.api_key}"} if self.config.api_key else {}
+        try:
+            models = httpx.get(f"{self.url}/models", headers=headers, timeout=5).json()["data"]
+        except (httpx.HTTPError, ValueError, KeyError, TypeError):
+            return None
+        return next((m.get("max_model_len") for m in models if m.get("id") == self.served_names[0]), None)
 
     def environment(self) -> dict[str, str]:
         """This process's environment, cleaned, plus :meth:`engine_environment`."""

@@ -244,3 +244,73 @@ def test_data_check_reads_what_train_would(tuneship_home, tmp_path):
     result = CliRunner().invoke(cli, ["data", "check", "--config", str(config)])
     assert result.exit_code == 0, result.output
     assert "format messages, 600 rows" in result.output and "longer than max_length 100:" in result.output
+
+
+def test_data_check_is_a_gate(tuneship_home, tmp_path):
+    """Exit 1 when training would refuse the data, 0 when it would train (--skip-invalid: what
+    would be dropped); --json is the typed result; no message names a flag that was not passed."""
+    import json
+
+    from tuneship.train.datacheck import DataCheck
+
+    good = [{"prompt": f"p{i}", "completion": "c"} for i in range(3)]
+    path = tmp_path / "d.jsonl"
+    path.write_bytes(
+        b"\n".join(json.dumps(r).encode() for r in good) + b'\n{"prompt": "\xe9", "completion": "c"}\n'
+    )
+    invoke = CliRunner().invoke
+
+    refused = invoke(cli, ["data", "check", str(path)])
+    assert refused.exit_code == 1, refused.output
+    assert f"{path}:4: not valid UTF-8 (byte 0xe9 in 'prompt'; save the file as UTF-8)" in refused.output
+    assert "Refused: 1 invalid row(s); training would refuse this data" in refused.output
+    assert "skip" not in refused.output.lower()  # neither "--skip-invalid" nor "Skipping"
+    assert "chat template: the tokenizer's own of SmolLM2-135M-Instruct" in refused.output
+
+    skipped = invoke(cli, ["data", "check", str(path), "--skip-invalid"])
+    assert skipped.exit_code == 0, skipped.output
+    assert "Passed: 1 invalid row(s) would be dropped; 3 examples would train" in skipped.output
+
+    as_json = invoke(cli, ["data", "check", str(path), "--json"])
+    assert as_json.exit_code == 1
+    report = DataCheck.model_validate_json(as_json.stdout)
+    assert (report.passed, report.rows, report.examples, report.format) == (False, 4, 3, "prompt-completion")
+    assert report.problems == [f"{path}:4: not valid UTF-8 (byte 0xe9 in 'prompt'; save the file as UTF-8)"]
+
+    path.write_text("".join(json.dumps(r) + "\n" for r in good))
+    passed = invoke(cli, ["data", "check", str(path)])
+    assert passed.exit_code == 0 and "Passed: all 3 examples are valid" in passed.output
+
+    path.write_text('{"question": "q"}\n')
+    nothing = invoke(cli, ["data", "check", str(path)])
+    assert nothing.exit_code == 1 and "Refused: no usable rows" in nothing.output
+    assert f"{path}:1: keys 'question' fit no format" in nothing.output
+
+
+def test_data_check_config_is_what_train_reads(tuneship_home, tmp_path):
+    """--config takes train's own settings file: data, format, template, max length, skip_invalid."""
+    import json
+
+    data = tmp_path / "d.jsonl"
+    data.write_text(json.dumps({"text": "Plain text, trained on every token."}) + "\n")
+    template = tmp_path / "t.jinja"
+    template.write_text(
+        "{% for m in messages %}[{{ m['role'] }}] {{ m['content'] }}\n{% endfor %}"
+        "{% if add_generation_prompt %}[assistant] {% endif %}"
+    )
+    config = tmp_path / "train.yaml"
+    config.write_text(f"data: {data}\nchat_template: {template}\nlora_r: 8\nmax_length: 64\n")
+    text = CliRunner().invoke(cli, ["data", "check", "--config", str(config)])
+    assert text.exit_code == 0, text.output
+    assert "format text, 1 rows, 0 invalid" in text.output
+    assert (
+        "no chat template (text rows: every token carries loss, end-of-sequence token appended)"
+        in text.output
+    )
+    data.write_text(json.dumps({"prompt": "p", "completion": "c"}) + "\n")
+    chat = CliRunner().invoke(cli, ["data", "check", "--config", str(config), "--json"])
+    report = json.loads(chat.stdout)
+    assert chat.exit_code == 0 and report["chat_template"] == str(template)
+    assert "".join(piece for piece, _ in report["example"]["pieces"]) == "[user] p\n[assistant] c\n"
+    bad = CliRunner().invoke(cli, ["data", "check", "--config", str(config), "--format", "alpaca"])
+    assert bad.exit_code == 1 and f"{data}:1: missing field 'instruction'" in bad.output
