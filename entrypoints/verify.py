@@ -9,7 +9,8 @@ Four checks of a served adapter (or merged model) against the run that produced 
   the ids the training stage rendered, token for token (the first difference is shown);
   a server without ``/tokenize`` gets "not checked", never "passed";
 - **stopping**: served greedy answers end with ``finish_reason == "stop"`` about as often
-  as the local reference stops at an end-of-sequence token;
+  as the local reference stops at an end-of-sequence or end-of-turn token; a reference that never
+  stops, though every trained answer ends its turn, fails (it would make the check vacuous);
 - **agreement**: served greedy answers equal those of the local reference (base + adapter
   in PEFT, fp32) on held-out prompts, at least ``min_agreement`` of the time;
 - **applied**: where the reference's answer differs from the local base model's, the
@@ -24,132 +25,37 @@ from __future__ import annotations
 import asyncio
 import random
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import httpx
-from pydantic import BaseModel, ConfigDict, Field
 
 from tuneship.artifacts import ADAPTER_DIR, RUN_CONFIG, read_yaml
-from tuneship.chat import end_of_sequence_ids, render_prompt, run_chat_template
+from tuneship.chat import end_of_turn_id, render_prompt, run_chat_template, served_messages, stop_token_ids
 from tuneship.clients.report import one_line, render_report
 from tuneship.clients.runner import list_models, make_client
 from tuneship.entrypoints.config import FidelitySettings
+from tuneship.entrypoints.fidelity import (
+    MIN_APPLIED,
+    STOP_TOLERANCE,
+    AgreementCheck,
+    AppliedCheck,
+    Disagreement,
+    FidelityChecks,
+    FidelityResult,
+    StoppingCheck,
+    TemplateCheck,
+    TemplateMismatch,
+)
 from tuneship.errors import ArtifactError, EvalError
 from tuneship.models import base_of_adapter, load_peft
 
-# Served stop rate may fall short of the reference's by this much before it is flagged.
-STOP_TOLERANCE = 0.25
-# Of the prompts where the adapter changes the reference's answer, at least this share
-# must change the served answer too.
-MIN_APPLIED = 0.5
 FIDELITY_JSON = "fidelity.json"
 FIDELITY_MD = "fidelity.md"
 
-Status = Literal["passed", "failed", "not checked"]
 
-
-class _Record(BaseModel):
-    model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
-
-
-class TemplateMismatch(_Record):
-    """One prompt the server renders differently from training."""
-
-    prompt: str
-    first_difference: int
-    """Index of the first differing prompt token."""
-    served: str
-    """The served tokens from there (8, decoded)."""
-    trained: str
-    """The trained tokens from there (8, decoded)."""
-    served_tokens: int
-    trained_tokens: int
-
-
-class TemplateCheck(_Record):
-    """Served prompt token ids against the ids training rendered, token for token."""
-
-    status: Status
-    reason: str | None = None
-    """Why the check did not run (``not checked``)."""
-    prompts: int = 0
-    mismatched: int = 0
-    mismatches: list[TemplateMismatch] = Field(default_factory=list)
-    """The first few mismatches."""
-
-
-class StoppingCheck(_Record):
-    """How often served greedy answers stop, against the local reference."""
-
-    status: Status
-    served_stop_rate: float
-    reference_stop_rate: float
-    tolerance: float
-    finish_reasons: dict[str, int]
-    """Served ``finish_reason`` counts."""
-
-
-class Disagreement(_Record):
-    prompt: str
-    served: str
-    reference: str
-
-
-class AgreementCheck(_Record):
-    """Served greedy answers against the fp32 PEFT reference's."""
-
-    status: Status
-    rate: float
-    agreed: int
-    prompts: int
-    min_agreement: float
-    disagreements: list[Disagreement] = Field(default_factory=list)
-    """The first few disagreements."""
-
-
-class AppliedCheck(_Record):
-    """Where the adapter changes the reference's answer, does it change the served answer too?"""
-
-    status: Status
-    reason: str | None = None
-    """Why the check did not run (``not checked``)."""
-    changed_by_adapter_locally: int = 0
-    changed_when_served: int = 0
-    share: float | None = None
-    min_share: float = MIN_APPLIED
-
-
-class FidelityChecks(_Record):
-    template: TemplateCheck
-    stopping: StoppingCheck
-    agreement: AgreementCheck
-    applied: AppliedCheck
-
-    def statuses(self) -> dict[str, Status]:
-        """{check name: status}, in check order."""
-        return {name: check.status for name, check in self}
-
-
-class FidelityResult(_Record):
-    """``tuneship verify``: is what the server serves what the run trained?"""
-
-    verdict: Literal["passed", "failed"]
-    failed: list[str]
-    """Checks that failed."""
-    not_checked: list[str]
-    """Checks the server could not support (never counted as passed)."""
-    run: str
-    endpoint: str
-    model: str
-    base_model: str | None
-    """Served base model the applied check compared with (None: not checked)."""
-    max_tokens: int
-    checks: FidelityChecks
-    report: str | None = Field(default=None, exclude=True)
-    """Path of fidelity.md (not saved in fidelity.json)."""
-
-
-def _conversations(run: dict, samples: int, seed: int) -> tuple[list[list[dict]], list[list[dict]]]:
+def _conversations(
+    run: dict, samples: int, seed: int, template: str
+) -> tuple[list[list[dict]], list[list[dict]]]:
     """(training prompts, held-out prompts): each conversation cut before its last assistant turn."""
     from tuneship.train.data import TextExample, load_dataset
 
@@ -164,7 +70,7 @@ def _conversations(run: dict, samples: int, seed: int) -> tuple[list[list[dict]]
             if isinstance(example, TextExample):
                 continue  # plain text has no chat prompt to compare
             last = max(i for i, m in enumerate(example.messages) if m["role"] == "assistant")
-            out.append([{"role": m["role"], "content": m["content"]} for m in example.messages[:last]])
+            out.append(served_messages(example.messages[:last], template))
         random.Random(seed).shuffle(out)
         return out[:samples]
 
@@ -259,11 +165,22 @@ def _local_answers(
     return out
 
 
-def _check_stopping(served: list[tuple], reference: list[tuple]) -> StoppingCheck:
+def _check_stopping(
+    served: list[tuple], reference: list[tuple], end_of_turn: str | None = None, max_tokens: int = 0
+) -> StoppingCheck:
+    """Served stop rate against the reference's; ``end_of_turn``: the token every trained answer ends with."""
     served_stop = sum(reason == "stop" for _, reason in served) / len(served)
     local_stop = sum(stopped for _, stopped in reference) / len(reference)
+    reason = None
+    if end_of_turn and not local_stop:
+        reason = (
+            f"the reference never stopped in {len(reference)} answers of up to {max_tokens} tokens, though "
+            f"every trained answer ends with {end_of_turn}: the run has not learnt to end its answers "
+            "(train longer), or --max-tokens is too small; served and reference cannot be compared"
+        )
     return StoppingCheck(
-        status="failed" if served_stop < local_stop - STOP_TOLERANCE else "passed",
+        status="failed" if reason or served_stop < local_stop - STOP_TOLERANCE else "passed",
+        reason=reason,
         served_stop_rate=round(served_stop, 4),
         reference_stop_rate=round(local_stop, 4),
         tolerance=STOP_TOLERANCE,
@@ -321,18 +238,20 @@ def verify_fidelity(settings: FidelitySettings) -> FidelityResult:
     base = base_of_adapter(adapter)
     tokenizer = AutoTokenizer.from_pretrained(base.path)
     template = run_chat_template(run_dir, tokenizer)
-    train_prompts, held_out = _conversations(run, settings.samples, settings.seed)
+    train_prompts, held_out = _conversations(run, settings.samples, settings.seed, template)
     if not held_out:
         raise EvalError(f"the data files recorded in {run_dir / RUN_CONFIG} are gone; fidelity needs them")
 
     template_check = check_template(settings, train_prompts + held_out, tokenizer, template)
     served = asyncio.run(_served_answers(settings, settings.model, held_out))
     reference_model = load_peft(base, adapter).eval()
-    stop_ids = end_of_sequence_ids(tokenizer, base.path)  # what the server stops on, for this base
+    stop_ids = stop_token_ids(tokenizer, base.path, template)  # what tuneship's server stops on
     reference = _local_answers(reference_model, tokenizer, template, held_out, settings.max_tokens, stop_ids)
+    turn = end_of_turn_id(tokenizer, template)
+    end_of_turn = tokenizer.convert_ids_to_tokens(turn) if turn is not None else None
     checks = FidelityChecks(
         template=template_check,
-        stopping=_check_stopping(served, reference),
+        stopping=_check_stopping(served, reference, end_of_turn, settings.max_tokens),
         agreement=_check_agreement(held_out, served, reference, settings.min_agreement),
         applied=_check_applied(
             settings, base_model, held_out, served, reference, reference_model, tokenizer, template, stop_ids

@@ -29,7 +29,7 @@ from tuneship.artifacts import (
     read_yaml,
     sha256_file,
 )
-from tuneship.chat import end_of_sequence_ids, resolve_chat_template, run_chat_template
+from tuneship.chat import resolve_chat_template, run_chat_template, stop_token_ids
 from tuneship.errors import ArtifactError
 from tuneship.export.card import model_card
 from tuneship.export.manifest import write_manifest
@@ -144,7 +144,8 @@ def save_merged(
         if (base.path / "generation_config.json").is_file()
         else GenerationConfig()
     )
-    generation.eos_token_id = end_of_sequence_ids(tokenizer, base.path)
+    # the base's end-of-sequence ids plus the template's end of turn, which a base may lack
+    generation.eos_token_id = stop_token_ids(tokenizer, base.path, tokenizer.chat_template)
     generation.pad_token_id = tokenizer.pad_token_id
     generation.save_pretrained(out)
 

@@ -33,7 +33,12 @@ class ServeConfig(Settings):
     port: int = Field(8000, ge=1, le=65535, description="port to listen on")
     api_key: str = Field("", description="API key clients must send (required when binding beyond loopback)")
     max_loras: int = Field(0, ge=0, description="adapters held at once (0: number of adapters, at least 1)")
-    max_model_len: int = Field(2048, ge=1, description="maximum tokens per request (prompt + output)")
+    max_model_len: int = Field(
+        0,
+        ge=0,
+        description="maximum tokens per request (prompt + output); 0: the model's context, "
+        "fitted to the KV cache (more than the model's context is refused)",
+    )
     kv_cache_gb: int = Field(2, ge=1, description="CPU only: GiB of KV cache (VLLM_CPU_KVCACHE_SPACE)")
     gpu_memory_utilization: float = Field(
         0.9, gt=0, le=1, description="GPU only: fraction of GPU memory vLLM may use"

@@ -26,6 +26,7 @@ MODEL_MOUNT = "/models/base"
 REGISTRY_MOUNT = "/registry"
 ADAPTERS_MOUNT = "/adapters"
 TEMPLATE_MOUNT = "/templates/chat_template.jinja"  # one file, wherever it lies on the host
+GENERATION_MOUNT = "/generation"  # a generation config with the template's end of turn
 
 
 def pinned_versions(path: Path = VERSIONS_FILE) -> dict[str, str]:
@@ -102,6 +103,9 @@ def container_spec(server: VLLMServer, image: str | None = None, network: str = 
     template = server.chat_template.file
     if template is not None:
         mounts[str(template.resolve())] = {"bind": TEMPLATE_MOUNT, "mode": "ro"}
+    generation = server.stopping.generation_config
+    if generation is not None:  # the server's stop ids (tuneship.serve.stopping)
+        mounts[str(generation)] = {"bind": GENERATION_MOUNT, "mode": "ro"}
     command = build_vllm_args(
         config,
         server.base,
@@ -113,6 +117,7 @@ def container_spec(server: VLLMServer, image: str | None = None, network: str = 
         host=config.host if network == "host" else "0.0.0.0",
         port=config.port if network == "host" else CONTAINER_PORT,
         chat_template=TEMPLATE_MOUNT if template is not None else None,
+        generation_config=GENERATION_MOUNT if generation is not None else "auto",
     )
     # The image's entrypoint is vLLM's server; the command carries only its arguments.
     arguments = command[3:]

@@ -62,6 +62,40 @@ def tiny_base(default_base, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def short_base(default_base, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny random Llama like many base checkpoints: a context of 256 positions, and an
+    end-of-sequence token (``<|endoftext|>``, id 0) that is not the chat template's end of
+    turn (``<|im_end|>``, id 2), in the tokenizer, config.json and generation_config.json."""
+    import torch
+    from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(
+        default_base.path, eos_token="<|endoftext|>", pad_token="<|endoftext|>"
+    )
+    eos = tokenizer.eos_token_id
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=256,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=eos,
+        pad_token_id=eos,
+        tie_word_embeddings=True,
+    )
+    path = tmp_path_factory.mktemp("short-base")
+    LlamaForCausalLM(config).save_pretrained(path)
+    generation = GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=eos, pad_token_id=eos)
+    generation.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def ticket_rows() -> list[dict]:
     return [json.loads(line) for line in (TICKETS / "train.jsonl").read_text().splitlines()]
 

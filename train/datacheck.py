@@ -12,7 +12,8 @@ from typing import Any
 
 from pydantic import BaseModel, Field, computed_field
 
-from tuneship.chat import resolve_chat_template
+from tuneship.chat import end_of_turn_warning, resolve_chat_template
+from tuneship.errors import DataError
 from tuneship.models import resolve_base
 from tuneship.train.config import TrainConfig
 from tuneship.train.data import MAX_REPORTED, read_dataset
@@ -47,6 +48,9 @@ class DataCheck(BaseModel):
     loss_on: str = Field(description="tokens that carry loss in conversations (text rows: every token)")
     stats: TokenStats | None = Field(description="token statistics of the valid rows (None: no valid row)")
     example: ShownExample | None = Field(description="the first example that fits, as rendered")
+    warnings: list[str] = Field(
+        default_factory=list, description="what training would warn about (an end of turn ending no sequence)"
+    )
 
     @computed_field(description="training would accept this data (the command's exit status is 0)")
     @property
@@ -62,6 +66,7 @@ class DataCheck(BaseModel):
             f"{len(self.problems)} invalid",
             f"tokenizer of {escape(self.base)}; {escape(self._template())}",
         ]
+        out += [f"[yellow]Warning:[/] {escape(warning)}" for warning in self.warnings]
         out += [f"  [red]{escape(problem)}[/]" for problem in self.problems[:MAX_REPORTED]]
         if len(self.problems) > MAX_REPORTED:
             out.append(f"  ... and {len(self.problems) - MAX_REPORTED} more")
@@ -99,8 +104,23 @@ class DataCheck(BaseModel):
         return f"[bold red]Refused:[/] {invalid} invalid row(s); training would refuse this data"
 
 
+def held_out_problems(config: TrainConfig, tokenizer: Any, template: str) -> list[str]:
+    """The invalid rows of ``config.eval_data`` (none without one), which training refuses too.
+
+    Raises DataError, as training does, when that file has no usable row.
+    """
+    if not config.eval_data:
+        return []
+    held_out = read_dataset(config.eval_data, config.format)
+    rendered, _, problems = render_examples(held_out, tokenizer, config.max_length, template, config.loss_on)
+    if not rendered:
+        raise DataError(f"{held_out.path}: no usable rows in the held-out data", held_out.problems + problems)
+    return held_out.problems + problems
+
+
 def check_data(config: TrainConfig) -> DataCheck:
-    """Read and render every row of ``config.data`` as ``train_model(config)`` would, refusing none.
+    """Read and render every row of ``config.data`` (and ``config.eval_data``) as
+    ``train_model(config)`` would, refusing none.
 
     Invalid and too long rows are listed in the result, not raised. Raises DataError only for
     data that cannot be read at all, ModelError for a base or chat template that cannot be found.
@@ -112,6 +132,7 @@ def check_data(config: TrainConfig) -> DataCheck:
     tokenizer = AutoTokenizer.from_pretrained(model.path)
     template = resolve_chat_template(tokenizer, config.chat_template or None)
     rendered, stats, too_long = render_examples(data, tokenizer, config.max_length, template, config.loss_on)
+    too_long += held_out_problems(config, tokenizer, template)
     example = None
     if rendered:
         first = next(e for e in data.examples if e.where == rendered[0].where)
@@ -120,6 +141,8 @@ def check_data(config: TrainConfig) -> DataCheck:
         trained = sum(label != IGNORE for label in labels)
         example = ShownExample(where=first.where, pieces=shown, trained_tokens=trained)
     own = f"the tokenizer's own of {model.name}"
+    chat = data.format != "text" and template
+    turn = chat and end_of_turn_warning(tokenizer, model.path, template, model.name)
     return DataCheck(
         path=str(data.path),
         format=data.format,
@@ -133,4 +156,5 @@ def check_data(config: TrainConfig) -> DataCheck:
         loss_on=config.loss_on,
         stats=stats,
         example=example,
+        warnings=[turn] if turn else [],
     )

@@ -36,7 +36,7 @@ from tuneship.artifacts import (
     sha256_file,
     write_yaml,
 )
-from tuneship.chat import resolve_chat_template, template_sha256
+from tuneship.chat import end_of_turn_warning, resolve_chat_template, template_sha256
 from tuneship.errors import ArtifactError
 from tuneship.lineage import DataRecord, Lineage, write_lineage
 from tuneship.logs import library_output
@@ -266,6 +266,9 @@ def train_model(config: TrainConfig, force: bool = False, resume: bool = False) 
 def _train(config: TrainConfig, data: Dataset, run_dir: Path, resume: bool) -> RunResult:
     base = resolve_base(config.base)
     tokenizer, template = load_tokenizer(base, config.chat_template)
+    warning = data.format != "text" and end_of_turn_warning(tokenizer, base.path, template, base.name)
+    if warning:  # conversations only: text rows end with the end-of-sequence token
+        say(f"Warning: {warning}", logging.WARNING)
     rows, stats = render_dataset(
         data, tokenizer, config.max_length, template, config.loss_on, config.skip_invalid
     )

@@ -120,3 +120,54 @@ def end_of_sequence_ids(tokenizer: Any, model_dir: Path) -> list[int]:
         configured = GenerationConfig.from_pretrained(model_dir).eos_token_id
         ids |= set(configured if isinstance(configured, (list, tuple)) else [configured])
     return sorted(i for i in ids if i is not None)
+
+
+# An answer the template renders as is: the token(s) right after it end the turn.
+_PROBE_ANSWER = "tuneship-end-of-turn-probe"
+
+
+def end_of_turn_id(tokenizer: Any, chat_template: str | None = None) -> int | None:
+    """The token the chat template puts right after an assistant answer (``<|im_end|>``, ``<|eot_id|>``).
+
+    Found by rendering a one-turn conversation and tokenizing what follows the answer; None when
+    that is not a special token (a template that ends turns with plain text, or with nothing).
+    """
+    messages = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": _PROBE_ANSWER}]
+    text = tokenizer.apply_chat_template(messages, tokenize=False, chat_template=chat_template)
+    at = text.rfind(_PROBE_ANSWER)
+    if at < 0:
+        return None
+    after = tokenizer(text[at + len(_PROBE_ANSWER) :], add_special_tokens=False)["input_ids"]
+    special = set(tokenizer.all_special_ids)
+    special |= {i for i, token in tokenizer.added_tokens_decoder.items() if token.special}
+    return after[0] if after and after[0] in special else None
+
+
+def stop_token_ids(tokenizer: Any, model_dir: Path, chat_template: str | None = None) -> list[int]:
+    """What a served model must stop on: :func:`end_of_sequence_ids` plus the template's end of turn.
+
+    Export writes these into ``generation_config.json``; serve passes them to vLLM when the base's
+    own do not include the end of turn; verify's reference stops on them.
+    """
+    turn = end_of_turn_id(tokenizer, chat_template)
+    return sorted(set(end_of_sequence_ids(tokenizer, model_dir)) | ({turn} if turn is not None else set()))
+
+
+def end_of_turn_warning(tokenizer: Any, model_dir: Path, chat_template: str | None, base: str) -> str | None:
+    """One line when the template's end-of-turn token is not an end-of-sequence id of the base, else None.
+
+    Such a base (many base checkpoints, Llama-3-style tokenizers) would write fake turns until
+    ``max_tokens``; the line names both tokens and what tuneship does about it.
+    """
+    turn = end_of_turn_id(tokenizer, chat_template)
+    eos = end_of_sequence_ids(tokenizer, model_dir)
+    if turn is None or turn in eos:
+        return None
+    names = ", ".join(f"{tokenizer.convert_ids_to_tokens(i)} (id {i})" for i in eos) or "none"
+    token = f"{tokenizer.convert_ids_to_tokens(turn)} (id {turn})"
+    return (
+        f"the chat template ends each answer with {token}, which is not an end-of-sequence token of "
+        f"{base} (end of sequence: {names}); tuneship trains the answers to end with {token}, lists it "
+        "in the export's generation_config.json eos_token_id and passes it to vLLM when serving "
+        f"(other servers must stop on it too, or the model writes fake turns until max_tokens)"
+    )
