@@ -314,3 +314,9 @@ def test_data_check_config_is_what_train_reads(tuneship_home, tmp_path):
     assert "".join(piece for piece, _ in report["example"]["pieces"]) == "[user] p\n[assistant] c\n"
     bad = CliRunner().invoke(cli, ["data", "check", "--config", str(config), "--format", "alpaca"])
     assert bad.exit_code == 1 and f"{data}:1: missing field 'instruction'" in bad.output
+    held_out = tmp_path / "eval.jsonl"
+    held_out.write_text('{"prompt": "q", "completion": "a"}\n{"prompt": "q2"}\n')
+    with config.open("a") as f:
+        f.write(f"eval_data: {held_out}\n")
+    refused = CliRunner().invoke(cli, ["data", "check", "--config", str(config)])
+    assert refused.exit_code == 1 and f"{held_out}:2: missing field 'completion'" in refused.output
