@@ -7,7 +7,9 @@ Face model directory (safetensors, tokenizer, chat template).
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import logging
 import os
 import re
@@ -18,6 +20,7 @@ from typing import Any
 from tuneship.artifacts import ADAPTER_CONFIG, atomic_dir, model_weights_hash, read_json
 from tuneship.errors import ArtifactError, ModelError
 from tuneship.lineage import BaseIdentity, Lineage, read_lineage, write_lineage
+from tuneship.logs import library_output
 
 log = logging.getLogger(__name__)
 
@@ -166,15 +169,17 @@ def ensure_default_model() -> Path:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    # transformers' GGUF conversion draws a bare tqdm bar that its switch does not reach.
+    with library_output(), contextlib.redirect_stderr(io.StringIO()):
+        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name)
     # The weights are dequantized now; drop the GGUF marker so save_pretrained writes
     # plain safetensors (ENVIRONMENT.md).
     model.hf_quantizer = None
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
     model = model.to(torch.bfloat16)
-    with atomic_dir(target, force=True) as tmp:
+    with atomic_dir(target, force=True) as tmp, library_output():
         model.save_pretrained(tmp)
         tokenizer.save_pretrained(tmp)
         write_lineage(
