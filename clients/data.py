@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tuneship.chat import text_of
 from tuneship.errors import DataError, EvalError, RowError
 from tuneship.rows import read_rows, require_object
 
@@ -44,7 +45,7 @@ def parse_row(row: dict, item_id: str) -> EvalItem:
         if not isinstance(messages, list) or not messages or not all(isinstance(m, dict) for m in messages):
             raise ValueError("'messages' must be a non-empty list of objects")
         if refs is None and messages[-1].get("role") == "assistant":
-            refs, messages = [str(messages[-1].get("content", ""))], messages[:-1]
+            refs, messages = [text_of(messages[-1].get("content"))], messages[:-1]
         if not messages or messages[-1].get("role") != "user":
             raise ValueError("the prompt must end with a user message")
     elif isinstance(row.get("prompt"), str):

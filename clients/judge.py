@@ -15,6 +15,7 @@ import asyncio
 import re
 from dataclasses import dataclass
 
+from tuneship.chat import text_of
 from tuneship.clients.config import RETRIES
 from tuneship.clients.data import EvalItem
 from tuneship.clients.results import JudgeSummary
@@ -28,7 +29,7 @@ JUDGE_SYSTEM = (
 
 
 def judge_prompt(item: EvalItem, first: str, second: str) -> list[dict]:
-    request = "\n".join(f"{m['role']}: {m['content']}" for m in item.messages)
+    request = "\n".join(f"{m['role']}: {text_of(m.get('content'))}" for m in item.messages)
     reference = f"\n\nA reference answer: {item.references[0]}" if item.references else ""
     answers = f"Answer A:\n{first}\n\nAnswer B:\n{second}"
     content = f"Request:\n{request}{reference}\n\n{answers}\n\nWhich is better?"

@@ -14,6 +14,7 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+from tuneship.chat import text_of
 from tuneship.clients.data import EvalItem
 from tuneship.clients.latency import percentile
 from tuneship.clients.results import ABResult, Comparison, EvalResult, LatencySummary
@@ -89,7 +90,7 @@ def _examples(
             out[title].append(
                 {
                     "id": item.id,
-                    "prompt": item.messages[-1]["content"],
+                    "prompt": text_of(item.messages[-1].get("content")),
                     "reference": item.references[0],
                     "base": answers[base][item.id]["output"],
                     "adapter": answers[adapter][item.id]["output"],

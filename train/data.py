@@ -29,22 +29,13 @@ from typing import Any, Literal, get_args
 
 from tuneship.errors import DataError, RowError
 from tuneship.rows import read_rows, require_object
+from tuneship.train.messages import check_messages, check_tools, from_sharegpt
 
 log = logging.getLogger(__name__)
 
 # The data formats, written once: the config's choice type, and FORMATS for messages.
 DataFormat = Literal["messages", "prompt-completion", "alpaca", "sharegpt", "text"]
 FORMATS: tuple[str, ...] = get_args(DataFormat)
-ROLES = ("system", "user", "assistant")
-SHAREGPT_ROLES = {
-    "system": "system",
-    "human": "user",
-    "user": "user",
-    "gpt": "assistant",
-    "assistant": "assistant",
-    "chatgpt": "assistant",
-    "model": "assistant",
-}
 # The keys that tell each format (for messages about a row that fits none).
 FORMAT_KEYS = {
     "messages": "messages",
@@ -62,6 +53,7 @@ class Example:
 
     where: str
     messages: list[dict]
+    tools: list[dict] | None = None  # a messages row's tools (OpenAI's format), rendered by the template
 
 
 @dataclass
@@ -116,7 +108,7 @@ def to_example(row: Any, where: str, fmt: str, detected_from: str | None = None)
         )
     if fmt == "text":
         return TextExample(where, _text(row, "text"))
-    return Example(where, to_messages(row, fmt))
+    return Example(where, to_messages(row, fmt), check_tools(row) if fmt == "messages" else None)
 
 
 def _text(row: dict, key: str, required: bool = True) -> str:
@@ -139,21 +131,7 @@ def to_messages(row: Any, fmt: str) -> list[dict]:
     if fmt == "messages":
         return check_messages(row.get("messages"), key="messages")
     if fmt == "sharegpt":
-        turns = row.get("conversations")
-        if not isinstance(turns, list) or not turns:
-            raise RowError("'conversations' must be a non-empty list")
-        messages = []
-        for i, turn in enumerate(turns):
-            if not isinstance(turn, dict):
-                raise RowError(f"conversations[{i}] is not an object")
-            speaker = turn.get("from")
-            if speaker not in SHAREGPT_ROLES:
-                raise RowError(
-                    f"conversations[{i}] has unknown speaker {speaker!r} "
-                    f"(expected one of {', '.join(SHAREGPT_ROLES)})"
-                )
-            messages.append({"role": SHAREGPT_ROLES[speaker], "content": turn.get("value")})
-        return check_messages(messages, key="conversations")
+        return from_sharegpt(row)
     if fmt == "alpaca":
         instruction, extra = _text(row, "instruction"), _text(row, "input", required=False)
         system = _text(row, "system", required=False)
@@ -169,41 +147,6 @@ def to_messages(row: Any, fmt: str) -> list[dict]:
         {"role": "user", "content": prompt, "weight": 1},
         {"role": "assistant", "content": completion, "weight": 1},
     ]
-
-
-def check_messages(messages: Any, key: str) -> list[dict]:
-    """Roles, content, weights and turn order: system first, then user/assistant alternating."""
-    if not isinstance(messages, list) or not messages:
-        raise RowError(f"'{key}' must be a non-empty list")
-    clean = []
-    for i, m in enumerate(messages):
-        if not isinstance(m, dict):
-            raise RowError(f"{key}[{i}] is not an object")
-        role, content = m.get("role"), m.get("content")
-        if role not in ROLES:
-            raise RowError(f"{key}[{i}] has unknown role {role!r} (expected one of {', '.join(ROLES)})")
-        if not isinstance(content, str):
-            raise RowError(f"{key}[{i}] ({role}) content is not a string")
-        if not content.strip():
-            raise RowError(f"{key}[{i}] ({role}) has empty content")
-        weight = m.get("weight", 1)
-        if role == "assistant" and weight not in (0, 1):
-            raise RowError(f"{key}[{i}] weight must be 0 or 1, got {weight!r}")
-        clean.append({"role": role, "content": content, "weight": int(weight) if role == "assistant" else 0})
-    turns = clean[1:] if clean[0]["role"] == "system" else clean
-    for i, m in enumerate(turns):
-        expected = "user" if i % 2 == 0 else "assistant"
-        if m["role"] != expected:
-            position = i + (len(clean) - len(turns))
-            raise RowError(
-                f"wrong turn order: {key}[{position}] is {m['role']}, expected {expected} "
-                "(system first, then user and assistant alternating)"
-            )
-    if not turns or turns[-1]["role"] != "assistant":
-        raise RowError("no assistant turn at the end (nothing to learn)")
-    if not any(m["weight"] for m in turns if m["role"] == "assistant"):
-        raise RowError("every assistant turn has weight 0 (nothing to learn)")
-    return clean
 
 
 def read_dataset(path: Path | str, fmt: str | None = None) -> Dataset:
@@ -232,7 +175,7 @@ def read_dataset(path: Path | str, fmt: str | None = None) -> Dataset:
         except RowError as e:
             problems.append(f"{where}: {e}")
             continue
-        content = example.text if isinstance(example, TextExample) else example.messages
+        content = example.text if isinstance(example, TextExample) else [example.messages, example.tools]
         key = json.dumps(content, sort_keys=True)
         if key in seen:
             problems.append(f"{where}: exact duplicate of {seen[key]}")

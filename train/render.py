@@ -13,7 +13,7 @@ import statistics
 from dataclasses import dataclass
 from typing import Any
 
-from tuneship.chat import trained_spans
+from tuneship.chat import UnrenderedRow, trained_spans
 from tuneship.errors import DataError
 from tuneship.train.data import Dataset, Example, TextExample, raise_or_skip
 
@@ -52,10 +52,17 @@ class TokenStats:
 
 
 def render(
-    messages: list[dict], tokenizer: Any, chat_template: str | None = None, loss_on: str = "assistant"
+    messages: list[dict],
+    tokenizer: Any,
+    chat_template: str | None = None,
+    loss_on: str = "assistant",
+    tools: list[dict] | None = None,
 ) -> tuple[list[int], list[int], str]:
-    """Token ids and labels (IGNORE where no loss) for one conversation."""
-    text, spans = trained_spans(messages, tokenizer, chat_template)
+    """Token ids and labels (IGNORE where no loss) for one conversation and the row's ``tools``.
+
+    Raises UnrenderedRow when the template leaves out the row's tools or tool calls.
+    """
+    text, spans = trained_spans(messages, tokenizer, chat_template, tools)
     encoded = tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
     ids = list(encoded["input_ids"])
     if loss_on == "all":
@@ -94,7 +101,7 @@ def render_example(
     row as language modelling (``loss_on`` does not apply: every token is trained)."""
     if isinstance(example, TextExample):
         return render_text(example.text, tokenizer)
-    ids, labels, _ = render(example.messages, tokenizer, chat_template, loss_on)
+    ids, labels, _ = render(example.messages, tokenizer, chat_template, loss_on, example.tools)
     return ids, labels
 
 
@@ -106,13 +113,18 @@ def render_examples(
     loss_on: str = "assistant",
 ) -> tuple[list[Rendered], TokenStats | None, list[str]]:
     """Render every example, refusing none: (those that fit, token statistics of all, the
-    ``file:line: reason`` of those longer than ``max_length``). Statistics are None without examples."""
+    ``file:line: reason`` of those longer than ``max_length`` or with tools the chat template leaves
+    out). Statistics are None when no example renders."""
     if loss_on not in LOSS_ON:
         raise DataError(f"loss_on must be one of {', '.join(LOSS_ON)}")
     rendered, problems, lengths = [], [], []
     trained = 0
     for example in data.examples:
-        ids, labels = render_example(example, tokenizer, chat_template, loss_on)
+        try:
+            ids, labels = render_example(example, tokenizer, chat_template, loss_on)
+        except UnrenderedRow as e:  # tools the template leaves out: that row's problem
+            problems.append(f"{example.where}: {e}")
+            continue
         lengths.append(len(ids))
         if len(ids) > max_length:
             problems.append(f"{example.where}: {len(ids)} tokens, longer than max_length {max_length}")
@@ -138,7 +150,10 @@ def render_dataset(
     raise_or_skip(data.path, problems, skip_invalid)
     data.problems.extend(problems)
     if not rendered or stats is None:
-        raise DataError(f"{data.path}: no example fits in max_length {max_length}")
+        too_long = f"longer than max_length {max_length}"
+        if all(too_long in problem for problem in problems):
+            raise DataError(f"{data.path}: no example fits in max_length {max_length}")
+        raise DataError(f"{data.path}: no example can be trained (the first refused: {problems[0]})")
     return rendered, stats
 
 

@@ -11,10 +11,19 @@ with the generation prompt (the prefix the server will also produce) and up to t
 end of the turn; the characters in between (the answer and its end-of-turn token)
 carry loss. Working on characters, then mapping to tokens through the tokenizer's
 offsets, makes this independent of how tokens merge at the boundaries.
+
+Messages arrive in OpenAI's format (:mod:`tuneship.train.messages`) and reach the template
+as vLLM hands a request's messages to it (tool-call arguments as objects, a missing content
+as ""), so training and the server render the same text; ``developer`` becomes ``system``
+unless the template names it. A row's tools are passed as ``tools=``; a template that leaves
+out the tools, a tool call or a tool result refuses the row (:class:`UnrenderedRow`) rather
+than train an empty turn.
 """
 
 from __future__ import annotations
 
+import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -75,39 +84,141 @@ def template_sha256(template: str) -> str:
     return sha256_text(template)
 
 
-def _apply(messages: list[dict], tokenizer: Any, chat_template: str | None, generation_prompt: bool) -> str:
-    plain = [{"role": m["role"], "content": m["content"]} for m in messages]
+def text_of(content: Any) -> str:
+    """A message content's text: a string as it is, a list of text parts joined with newlines (as
+    vLLM joins them for a template that takes strings; other parts are left out), None as ""."""
+    if isinstance(content, list):
+        return "\n".join(p["text"] for p in content if isinstance(p, dict) and p.get("type") == "text")
+    return content if isinstance(content, str) else ""
+
+
+class UnrenderedRow(DataError):
+    """A row the chat template cannot render as written (tools, tool calls or tool results it
+    leaves out): a problem of that row, reported with its ``file:line`` like any invalid row."""
+
+
+# A template that names the developer role renders it; others get it as a system message.
+_DEVELOPER = re.compile(r"""["']developer["']""")
+_TOOLS_HINT = "; use a base whose chat template renders tools, or pass --chat-template FILE"
+
+
+def knows_developer(template: str | None) -> bool:
+    """Whether ``template`` handles the ``developer`` role itself (it names it in a string)."""
+    return bool(template and _DEVELOPER.search(template))
+
+
+def served_messages(messages: list[dict], chat_template: str | None) -> list[dict]:
+    """Messages in OpenAI's wire format as the server must receive them to render what training
+    rendered: without training-only keys (``weight``), ``developer`` as ``system`` unless the
+    template knows it (vLLM hands roles to the template as they are)."""
+    developer = "developer" if knows_developer(chat_template) else "system"
+    out = []
+    for m in messages:
+        served = {k: v for k, v in m.items() if k != "weight"}
+        if served["role"] == "developer":
+            served["role"] = developer
+        if served.get("content") is None:
+            served["content"] = ""  # vLLM renders a missing content as ""
+        out.append(served)
+    return out
+
+
+def _template_messages(messages: list[dict], chat_template: str | None) -> list[dict]:
+    """What the template sees, as vLLM hands it over: tool-call arguments parsed into objects."""
+    out = served_messages(messages, chat_template)
+    for m in out:
+        if m.get("tool_calls"):
+            m["tool_calls"] = [{**c, "function": _parsed(c["function"])} for c in m["tool_calls"]]
+    return out
+
+
+def _parsed(function: dict) -> dict:
+    arguments = function.get("arguments")
+    if isinstance(arguments, str):
+        try:
+            arguments = json.loads(arguments) if arguments else {}
+        except json.JSONDecodeError:
+            arguments = {}  # what vLLM does with arguments that are not JSON
+    return {**function, "arguments": arguments if isinstance(arguments, dict) else {}}
+
+
+def _apply(
+    messages: list[dict],
+    tokenizer: Any,
+    chat_template: str | None,
+    generation_prompt: bool,
+    tools: list[dict] | None = None,
+) -> str:
+    template = chat_template or tokenizer.chat_template
     return tokenizer.apply_chat_template(
-        plain, tokenize=False, add_generation_prompt=generation_prompt, chat_template=chat_template
+        _template_messages(messages, template if isinstance(template, str) else None),
+        tools=tools or None,
+        tokenize=False,
+        add_generation_prompt=generation_prompt,
+        chat_template=chat_template,
     )
 
 
 def trained_spans(
-    messages: list[dict], tokenizer: Any, chat_template: str | None
+    messages: list[dict], tokenizer: Any, chat_template: str | None, tools: list[dict] | None = None
 ) -> tuple[str, list[tuple[int, int]]]:
     """The rendered text and the character spans ``[start, end)`` of the trained assistant turns.
 
-    Raises DataError when the template does not render conversations incrementally.
+    ``tools`` are the row's tools (OpenAI's format). Assistant turns with tool calls are trained
+    like any other (their weight decides); tool results never are. Raises UnrenderedRow when the
+    template leaves out the row's tools, a tool call or a tool result, and DataError when it does
+    not render conversations incrementally.
     """
-    text = _apply(messages, tokenizer, chat_template, generation_prompt=False)
+    text = _apply(messages, tokenizer, chat_template, False, tools)
     spans = []
     for i, message in enumerate(messages):
-        if message["role"] != "assistant" or not message.get("weight", 1):
+        calls = message.get("tool_calls") or []
+        if message["role"] != "assistant" or not (message.get("weight", 1) or calls):
             continue
-        start = _apply(messages[:i], tokenizer, chat_template, generation_prompt=True)
-        end = _apply(messages[: i + 1], tokenizer, chat_template, generation_prompt=False)
+        start = _apply(messages[:i], tokenizer, chat_template, True, tools)
+        end = _apply(messages[: i + 1], tokenizer, chat_template, False, tools)
         if not text.startswith(start) or not text.startswith(end) or len(end) <= len(start):
             raise DataError(
                 "the chat template does not render conversations incrementally, so the assistant turns "
                 "cannot be located; train with --loss-on all or supply a template with --chat-template"
             )
-        spans.append((len(start), len(end)))
+        left_out = [c["function"]["name"] for c in calls if c["function"]["name"] not in end[len(start) :]]
+        if left_out:
+            raise UnrenderedRow(
+                f"the chat template does not render tool calls (the call to {', '.join(left_out)} in "
+                f"messages[{i}] is not in its rendered turn){_TOOLS_HINT}"
+            )
+        if message.get("weight", 1):
+            spans.append((len(start), len(end)))
+    _check_tools_rendered(messages, tools, text, lambda: _apply(messages, tokenizer, chat_template, False))
     return text, spans
 
 
-def render_prompt(messages: list[dict], tokenizer: Any, chat_template: str | None = None) -> list[int]:
-    """Token ids of a prompt exactly as training rendered the context before an assistant turn."""
-    text = _apply(messages, tokenizer, chat_template, generation_prompt=True)
+def _check_tools_rendered(messages: list[dict], tools: list[dict] | None, text: str, without_tools) -> None:
+    """Raise UnrenderedRow when ``text`` (rendered with ``tools``) leaves out a tool or a tool result."""
+    if tools:
+        names = [t["function"]["name"] for t in tools]
+        if any(name not in text for name in names) or text == without_tools():
+            raise UnrenderedRow(
+                f"the chat template does not render tools (the row's tools {', '.join(names)} would be "
+                f"left out of the prompt){_TOOLS_HINT}"
+            )
+    for i, m in enumerate(messages):
+        if m["role"] == "tool" and m.get("content") and m["content"] not in text:
+            raise UnrenderedRow(
+                f"the chat template does not render tool results (messages[{i}] is left out){_TOOLS_HINT}"
+            )
+
+
+def render_prompt(
+    messages: list[dict], tokenizer: Any, chat_template: str | None = None, tools: list[dict] | None = None
+) -> list[int]:
+    """Token ids of a prompt exactly as training rendered the context before an assistant turn.
+
+    ``messages`` and ``tools`` are in OpenAI's format; a server given ``served_messages(messages)``
+    and the same ``tools`` renders the same ids.
+    """
+    text = _apply(messages, tokenizer, chat_template, True, tools)
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
