@@ -45,6 +45,46 @@ def tiny_config(tiny_base: Path, data: Path, runs: Path, name: str, **overrides)
     return load_config(TrainConfig, **{**settings, **overrides})
 
 
+# One OpenAI fine-tuning row with tools (call, result, answer), and the same in the legacy
+# functions/function_call shape.
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather of a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    }
+]
+CALL = {
+    "role": "assistant",
+    "content": None,
+    "tool_calls": [
+        {
+            "id": "call_1",
+            "type": "function",
+            "function": {"name": "get_weather", "arguments": '{"city": "Paris"}'},
+        }
+    ],
+}
+RESULT = {"role": "tool", "tool_call_id": "call_1", "content": "22 C, sunny"}
+FINAL = {"role": "assistant", "content": "It is 22 C and sunny in Paris."}
+TOOL_ROW = {
+    "messages": [{"role": "user", "content": "Weather in Paris?"}, CALL, RESULT, FINAL],
+    "tools": TOOLS,
+}
+LEGACY_ROW = {
+    "messages": [
+        {"role": "user", "content": "Weather in Paris?"},
+        {"role": "assistant", "content": None, "function_call": CALL["tool_calls"][0]["function"]},
+        {"role": "function", "name": "get_weather", "content": "22 C, sunny"},
+        FINAL,
+    ],
+    "functions": [TOOLS[0]["function"]],
+}
+
+
 API_KEY = "test-key-123"
 # The tuneship command line as a subprocess: what a user runs.
 CLI = [sys.executable, "-m", "tuneship.entrypoints.cli"]

@@ -94,3 +94,66 @@ def test_data_check_command_shows_stats_and_loss_tokens(tuneship_home):
     assert "tokens per example: min" in result.output and "longer than max_length 120:" in result.output
     assert "carry loss" in result.output
     assert '«{"category":' in result.output and "<|im_end|>" in result.output
+
+
+# A Hermes-style tool template (the shape of Qwen2.5's): tools in the system turn, each call as
+# <tool_call> JSON in the assistant turn, tool results as <tool_response> in a user turn.
+TOOL_TEMPLATE = r"""
+{%- if tools %}
+    {{- '<|im_start|>system\n' }}
+    {%- if messages[0].role == 'system' %}{{- messages[0].content }}{%- else %}{{- 'You are helpful.' }}{%- endif %}
+    {{- '\n\n# Tools\n\n<tools>' }}
+    {%- for tool in tools %}{{- '\n' }}{{- tool | tojson }}{%- endfor %}
+    {{- '\n</tools><|im_end|>\n' }}
+{%- elif messages[0].role == 'system' %}
+    {{- '<|im_start|>system\n' + messages[0].content + '<|im_end|>\n' }}
+{%- endif %}
+{%- for message in messages %}
+    {%- if message.role == 'system' and loop.first %}
+    {%- elif message.role == 'assistant' and message.tool_calls %}
+        {{- '<|im_start|>assistant' }}
+        {%- if message.content %}{{- '\n' + message.content }}{%- endif %}
+        {%- for call in message.tool_calls %}
+            {{- '\n<tool_call>\n{"name": "' + call.function.name + '", "arguments": ' }}
+            {{- call.function.arguments | tojson }}
+            {{- '}\n</tool_call>' }}
+        {%- endfor %}
+        {{- '<|im_end|>\n' }}
+    {%- elif message.role == 'tool' %}
+        {%- if loop.first or messages[loop.index0 - 1].role != 'tool' %}{{- '<|im_start|>user' }}{%- endif %}
+        {{- '\n<tool_response>\n' + message.content + '\n</tool_response>' }}
+        {%- if loop.last or messages[loop.index0 + 1].role != 'tool' %}{{- '<|im_end|>\n' }}{%- endif %}
+    {%- else %}
+        {{- '<|im_start|>' + message.role + '\n' + message.content + '<|im_end|>\n' }}
+    {%- endif %}
+{%- endfor %}
+{%- if add_generation_prompt %}{{- '<|im_start|>assistant\n' }}{%- endif %}
+"""
+
+
+def test_a_tool_template_trains_the_calls_and_not_the_results(tiny_base, tmp_path):
+    """OpenAI tool rows on a template that renders tools: the tools reach the system turn, the
+    assistant's tool-call turn and final answer carry loss, the tool result does not."""
+    from helpers import LEGACY_ROW, TOOL_ROW
+    from transformers import AutoTokenizer
+
+    from tuneship.chat import render_prompt
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_base)
+    path = tmp_path / "tools.jsonl"
+    path.write_text(json.dumps(TOOL_ROW) + "\n")
+    (rendered,), stats = render_dataset(load_dataset(path), tokenizer, 512, TOOL_TEMPLATE)
+    example = load_dataset(path).examples[0]
+    ids, labels, text = render(example.messages, tokenizer, TOOL_TEMPLATE, tools=example.tools)
+    assert (ids, labels) == (rendered.input_ids, rendered.labels)
+    assert '<tools>\n{"type": "function", "function": {"name": "get_weather", "description": ' in text
+    call = '<tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}\n</tool_call><|im_end|>\n'
+    assert trained_text(ids, labels, tokenizer) == call + "It is 22 C and sunny in Paris.<|im_end|>\n"
+    assert "<tool_response>\n22 C, sunny\n</tool_response>" in text  # rendered, not trained
+    # the legacy functions/function_call row is the same conversation
+    path.write_text(json.dumps(LEGACY_ROW) + "\n")
+    legacy = load_dataset(path).examples[0]
+    assert render(legacy.messages, tokenizer, TOOL_TEMPLATE, tools=legacy.tools)[:2] == (ids, labels)
+    # the prompt of the last answer (what verify compares with the server) is what training saw
+    prompt = render_prompt(example.messages[:3], tokenizer, TOOL_TEMPLATE, example.tools)
+    assert ids[: len(prompt)] == prompt and labels[len(prompt) - 1] == IGNORE
