@@ -30,9 +30,8 @@ def export_adapter(source: Path | str, out: Path | str, force: bool = False) -> 
         raise ArtifactError(f"{out} already exists; pass --force to replace it")
     adapter = find_adapter(source)
     report = check_adapter(adapter)
-    broken = [p for p in report.problems if "unreadable" in p or "no adapter weights" in p or "holds no" in p]
-    if broken:
-        raise ArtifactError(f"{adapter}: {'; '.join(broken)}")
+    if report.broken:
+        raise ArtifactError(f"{adapter}: {'; '.join(report.broken)}")
     template = adapter_chat_template(adapter).file
     with atomic_dir(out, force=force) as tmp:
         shutil.copyfile(adapter / ADAPTER_CONFIG, tmp / ADAPTER_CONFIG)

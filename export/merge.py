@@ -17,7 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args
 
-from tuneship.adapters import locate_adapter
+from tuneship.adapter_weights import read_shapes
+from tuneship.adapters import WEIGHT_FILES, check_adapter, locate_adapter
 from tuneship.artifacts import (
     ADAPTER_CONFIG,
     ADAPTER_WEIGHTS,
@@ -108,7 +109,11 @@ def export_merged(
         run_chat_template(adapter.parent, tokenizer)
     else:
         resolve_chat_template(tokenizer)
+    report = check_adapter(adapter, base=base.path)
+    if report.broken:  # before loading: PyTorch's own message would be cut off and name no cause
+        raise ArtifactError(f"{adapter}: cannot merge: " + "; ".join(report.broken))
     peft_model = load_peft(base, adapter)
+    check_loaded_keys(peft_model, adapter, "; ".join(report.fixes) or None)
     peft_model.eval()
     reference = last_logits(peft_model, tokenizer, PARITY_PROMPTS)
     merged = peft_model.merge_and_unload()
@@ -127,6 +132,32 @@ def export_merged(
         model_card(out.name, lineage, run, parity).save(tmp / MODEL_CARD)
         write_manifest(tmp, lineage.model_dump(mode="json", exclude_none=True))
     return ExportResult(out, parity, base)
+
+
+def check_loaded_keys(peft_model: Any, adapter: Path, known_cause: str | None = None) -> None:
+    """Every tensor the adapter's config asks for was in its weights file, and every tensor
+    there was loaded; else PEFT keeps the untouched initial weights (B = 0) and the merge would
+    write the base unchanged. Raises ArtifactError naming the missing and the unused keys, and
+    ``known_cause`` (the adapter check's exact repair, e.g. a prefix to strip) when known."""
+    from peft.utils import get_peft_model_state_dict
+
+    expected = set(get_peft_model_state_dict(peft_model))
+    file = next(adapter / name for name in WEIGHT_FILES if (adapter / name).is_file())
+    saved = set(read_shapes(file))
+    missing, unused = sorted(expected - saved), sorted(saved - expected)
+    if not missing and not unused:
+        return
+    detail = f"missing adapter keys: {len(missing)} of the {len(expected)} tensors the config asks for"
+    if missing:
+        detail += f" are not in {file.name} (e.g. {missing[0]})"
+    if unused:
+        detail += f"; {len(unused)} tensors in it match no adapted module (e.g. {unused[0]})"
+    todo = (
+        f"{known_cause}: register it (tuneship adapters add NAME PATH) and export the registry entry"
+        if known_cause
+        else "save the adapter again from the trained model (model.save_pretrained)"
+    )
+    raise ArtifactError(f"{adapter}: {detail}; merging would write the base unchanged. {todo}")
 
 
 def save_merged(

@@ -121,7 +121,9 @@ def container_spec(server: VLLMServer, image: str | None = None, network: str = 
     )
     # The image's entrypoint is vLLM's server; the command carries only its arguments.
     arguments = command[3:]
-    environment = server.engine_environment(registry_path=REGISTRY_MOUNT if config.registry else None)
+    environment = server.engine_environment(
+        registry_path=REGISTRY_MOUNT if config.registry else None, model_path=MODEL_MOUNT
+    )
     return ContainerSpec(
         image=image,
         command=arguments,

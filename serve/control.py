@@ -90,7 +90,7 @@ def load(endpoint: str, name: str, registry: Path | str, api_key: str | None, re
     path = Registry(registry).path(name)
     report = check_adapter(path)
     if not report.ok:
-        raise ServerError(f"adapter {name} refused: " + "; ".join(report.problems))
+        raise ServerError(f"adapter {name} refused: " + "; ".join(report.problems or report.fixes))
     digest = adapter_hash(path)
     current = {m.name: m for m in list_live(endpoint, api_key)}
     if name in current:

@@ -7,9 +7,11 @@ model name onto a directory unchecked. tuneship turns those off and puts these i
 - :class:`RegistryGuard` (``--middleware tuneship.serve.guard.RegistryGuard``) sits
   in front of ``/v1/load_lora_adapter`` and ``/v1/unload_lora_adapter``: it demands
   the API key, accepts only adapters inside the registry root (no ``..``, no symlink
-  out), runs the adapter check against the served base, the server's ``--max-lora-rank``
-  and the chat template the server applies (vLLM applies one per server), and refuses
-  with the reason (HTTP 400/401/404).
+  out), runs the adapter check against the served base (its hash, and its modules' names
+  and shapes), the server's ``--max-lora-rank``, the served model's name and the chat
+  template the server applies (vLLM applies one per server), and refuses with the reason
+  in an OpenAI-shaped error. The status comes from the error's type, never its text:
+  400 bad content or request, 401 no or wrong key, 403 hot loading off, 404 unknown name.
 - :func:`register_resolver` (entry point ``vllm.general_plugins: tuneship_registry``)
   loads an adapter on the first request that names it, under the same rules.
 
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import secrets
 from dataclasses import dataclass
@@ -27,11 +30,20 @@ from pathlib import Path
 from typing import Any
 
 from tuneship.adapters import adapter_hash, check_adapter
-from tuneship.errors import ArtifactError
+from tuneship.errors import (
+    AdapterNotFoundError,
+    AdapterRefusedError,
+    NotAllowedError,
+    TuneshipError,
+)
 from tuneship.serve.registry import confined, confined_path
+
+log = logging.getLogger(__name__)
 
 REGISTRY_ENV = "TUNESHIP_REGISTRY_ROOT"
 BASE_SHA_ENV = "TUNESHIP_BASE_SHA256"
+BASE_PATH_ENV = "TUNESHIP_BASE_PATH"  # the base's directory as the engine sees it (names and shapes)
+SERVED_NAME_ENV = "TUNESHIP_SERVED_NAME"  # the base's served name: no adapter may take it
 MAX_RANK_ENV = "TUNESHIP_MAX_LORA_RANK"
 TEMPLATE_SHA_ENV = "TUNESHIP_CHAT_TEMPLATE_SHA256"  # of the chat template the server applies
 LIVE_ENV = "TUNESHIP_LIVE_ADAPTERS"  # JSON {name: content sha256} of the adapters served from the start
@@ -50,6 +62,8 @@ class GuardSettings:
     max_rank: int
     api_key: str | None
     chat_template_sha256: str | None = None  # None: not known, not checked
+    base_path: Path | None = None  # None: names and shapes not checked against the base
+    served_name: str | None = None
 
     @classmethod
     def from_env(cls) -> GuardSettings:
@@ -60,24 +74,39 @@ class GuardSettings:
             max_rank=int(os.environ.get(MAX_RANK_ENV, "0") or 0),
             api_key=os.environ.get("VLLM_API_KEY") or None,
             chat_template_sha256=os.environ.get(TEMPLATE_SHA_ENV) or None,
+            base_path=Path(os.environ[BASE_PATH_ENV]) if os.environ.get(BASE_PATH_ENV) else None,
+            served_name=os.environ.get(SERVED_NAME_ENV) or None,
         )
 
     def adapter_path(self, path: str | None = None, name: str | None = None) -> Path:
-        """The registry entry to load, after every check; raises ArtifactError with the reason."""
+        """The registry entry to load, after every check (the one every command uses).
+
+        Raises NotAllowedError when hot loading is off, AdapterNotFoundError for a name not in the
+        registry, AdapterRefusedError (or ArtifactError for a bad name or path) with every reason.
+        """
         if self.registry is None:
-            raise ArtifactError("hot loading is off: the server was started without --registry")
+            raise NotAllowedError("hot loading is off: the server was started without --registry")
+        if name and name == self.served_name:
+            raise AdapterRefusedError(
+                f"{name!r} is the name of the model this server serves; an adapter needs a name of its own"
+            )
         adapter = confined_path(self.registry, path) if path else confined(self.registry, name or "")
         report = check_adapter(
-            adapter, base_sha256=self.base_sha256, chat_template_sha256=self.chat_template_sha256
+            adapter,
+            base_sha256=self.base_sha256,
+            chat_template_sha256=self.chat_template_sha256,
+            base=self.base_path,
         )
         problems = list(report.problems)
+        if report.fixable:
+            problems += [f"{fix} (it was not added with tuneship adapters add)" for fix in report.fixes]
         if report.rank and self.max_rank and report.rank > self.max_rank:
             problems.append(
                 f"rank {report.rank} is above this server's --max-lora-rank {self.max_rank} "
                 "(restart the server with a larger --max-lora-rank)"
             )
         if problems:
-            raise ArtifactError(f"adapter {adapter.name} refused: " + "; ".join(problems))
+            raise AdapterRefusedError(f"adapter {adapter.name} refused: " + "; ".join(problems))
         return adapter
 
     def authorized(self, authorization: str | None) -> bool:
@@ -106,6 +135,9 @@ class RegistryGuard:
         if not self.settings.authorized(headers.get("authorization")):
             await _reply(send, 401, "hot loading needs the server's API key (Authorization: Bearer KEY)")
             return
+        if path != LIVE_PATH and self.settings.registry is None:
+            await _reply(send, 403, "hot loading is off: the server was started without --registry")
+            return
         if path == LIVE_PATH:
             await _send_json(send, 200, dict(LIVE))
             return
@@ -118,12 +150,12 @@ class RegistryGuard:
                 name = request.get("lora_name")
                 adapter = self.settings.adapter_path(path=request.get("lora_path"), name=name)
                 if name != adapter.name:
-                    raise ArtifactError(f"lora_name must be the registry name {adapter.name!r}")
+                    raise AdapterRefusedError(f"lora_name must be the registry name {adapter.name!r}")
             except (ValueError, AttributeError) as e:
                 await _reply(send, 400, f"bad load request: {e}")
                 return
-            except ArtifactError as e:
-                await _reply(send, 404 if "no adapter" in str(e) else 400, str(e))
+            except TuneshipError as e:
+                await _reply(send, http_status(e), str(e))
                 return
             body = json.dumps({**request, "lora_path": str(adapter)}).encode()
             digest = adapter_hash(adapter)
@@ -139,6 +171,15 @@ class RegistryGuard:
                 LIVE[name] = digest
             else:
                 LIVE.pop(name, None)
+
+
+def http_status(error: TuneshipError) -> int:
+    """The HTTP status of a refusal, from the error's type (never its text)."""
+    if isinstance(error, AdapterNotFoundError):
+        return 404
+    if isinstance(error, NotAllowedError):
+        return 403
+    return 400
 
 
 async def _forward(app: Any, scope: dict, body: bytes, send: Any) -> int:
@@ -177,8 +218,23 @@ def _replay(body: bytes) -> Any:
     return receive
 
 
+ERROR_TYPES = {
+    400: "BadRequestError",
+    401: "AuthenticationError",
+    403: "PermissionDeniedError",
+    404: "NotFoundError",
+}
+
+
 async def _reply(send: Any, status: int, message: str) -> None:
-    await _send_json(send, status, {"error": {"message": message, "type": "AdapterRefused", "code": status}})
+    """An OpenAI-shaped error, as vLLM's own: ``{"error": {"message", "type", "param", "code"}}``."""
+    error = {
+        "message": message,
+        "type": ERROR_TYPES.get(status, "AdapterRefused"),
+        "param": None,
+        "code": status,
+    }
+    await _send_json(send, status, {"error": error})
 
 
 async def _send_json(send: Any, status: int, data: Any) -> None:
@@ -208,7 +264,9 @@ def register_resolver() -> None:
         async def resolve_lora(self, base_model_name: str, lora_name: str) -> LoRARequest | None:
             try:
                 adapter = settings.adapter_path(name=lora_name)
-            except ArtifactError:
+            except TuneshipError as e:
+                if not isinstance(e, AdapterNotFoundError):
+                    log.warning("not loading %s on request: %s", lora_name, e)
                 return None  # vLLM answers 404: the model does not exist
             LIVE[lora_name] = adapter_hash(adapter)
             lora_id = int(hashlib.sha256(lora_name.encode()).hexdigest()[:12], 16)

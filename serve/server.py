@@ -25,7 +25,7 @@ from typing import Any
 
 import httpx
 
-from tuneship.adapters import adapter_hash, check_adapter, fitting_max_lora_rank
+from tuneship.adapters import adapter_hash, fitting_max_lora_rank
 from tuneship.artifacts import MANIFEST
 from tuneship.errors import ArtifactError, ServerError, TuneshipError
 from tuneship.models import ResolvedBase, resolve_base
@@ -38,8 +38,16 @@ from tuneship.serve.capacity import (
     slots_note,
 )
 from tuneship.serve.config import ServeConfig
-from tuneship.serve.guard import BASE_SHA_ENV, LIVE_ENV, MAX_RANK_ENV, REGISTRY_ENV, TEMPLATE_SHA_ENV
-from tuneship.serve.registry import Registry
+from tuneship.serve.guard import (
+    BASE_PATH_ENV,
+    BASE_SHA_ENV,
+    LIVE_ENV,
+    MAX_RANK_ENV,
+    REGISTRY_ENV,
+    SERVED_NAME_ENV,
+    TEMPLATE_SHA_ENV,
+)
+from tuneship.serve.registry import Registry, check_served
 from tuneship.serve.stopping import plan_stopping
 from tuneship.serve.templates import applied_chat_template, served_chat_template
 
@@ -144,15 +152,8 @@ class VLLMServer:
             if entry.name in self.adapters:
                 raise TuneshipError(f"adapter {entry.name!r} is given by --adapter and in the registry")
             self.adapters[entry.name] = str(entry.path)
-        self.ranks: dict[str, int] = {}
-        problems = []
-        for name, path in self.adapters.items():
-            report = check_adapter(path, base_sha256=self.base.weights_sha256)
-            problems += [f"adapter {name} ({path}): {p}" for p in report.problems]
-            if report.rank:
-                self.ranks[name] = report.rank
-        if problems:
-            raise TuneshipError("refusing to serve:\n  " + "\n  ".join(problems))
+        self.reports = check_served(self.adapters, self.base, config.served_name or self.base.name)
+        self.ranks = {name: report.rank for name, report in self.reports.items() if report.rank}
         try:  # vLLM applies one chat template per server: the adapters' own, or refuse
             self.chat_template = served_chat_template(config, self.base, self.adapters)
         except ArtifactError as e:
@@ -191,6 +192,7 @@ class VLLMServer:
         notes = [self.chat_template.describe(), context_note(self.config.max_model_len, self.context, served)]
         slots = slots_note(self.config.max_loras, len(self.adapters), self.config.hot_loading)
         notes += [n for n in (self.stopping.note, slots) if n]
+        notes += [f"Adapter {name}: {note}" for name, r in self.reports.items() for note in r.notes]
         if self.config.hot_loading:
             notes.append(f"Hot loading: on, from {self.config.registry} only (tuneship adapters load NAME)")
         elif self.config.registry:
@@ -219,8 +221,13 @@ class VLLMServer:
                 env[key] = value
         return env
 
-    def engine_environment(self, registry_path: str | None = None) -> dict[str, str]:
-        """What the engine needs set: key, hot-loading settings, CPU cache size, offline flags."""
+    def engine_environment(
+        self, registry_path: str | None = None, model_path: str | None = None
+    ) -> dict[str, str]:
+        """What the engine needs set: key, hot-loading settings, CPU cache size, offline flags.
+
+        ``registry_path`` and ``model_path``: where the engine sees the registry and the base.
+        """
         env: dict[str, str] = {}
         if self.config.api_key:
             env["VLLM_API_KEY"] = self.config.api_key  # not on the command line, where ps shows it
@@ -228,6 +235,8 @@ class VLLMServer:
             env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
             env[REGISTRY_ENV] = registry_path or str(Path(self.config.registry).resolve())
             env[BASE_SHA_ENV] = self.base.weights_sha256
+            env[BASE_PATH_ENV] = model_path or str(self.base.path)  # hot loads checked against its modules
+            env[SERVED_NAME_ENV] = self.config.served_name or self.base.name
             env[MAX_RANK_ENV] = str(max_lora_rank(self.config, self.ranks))
             if self.chat_template.sha256:  # hot-loaded adapters must share it
                 env[TEMPLATE_SHA_ENV] = self.chat_template.sha256

@@ -188,3 +188,110 @@ def flaky_proxy(upstream: str, fail_every: int = 3):
         yield f"http://127.0.0.1:{server.server_address[1]}/v1", stats
     finally:
         server.shutdown()
+
+
+def make_tiny_llama(out: Path, hidden_size: int = 256, vocab_size: int = 1024) -> Path:
+    """A small random Llama of another width (its own vocabulary, no tokenizer): a foreign base."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(
+        vocab_size=vocab_size,
+        hidden_size=hidden_size,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+    )
+    LlamaForCausalLM(config).save_pretrained(out)
+    return Path(out)
+
+
+def edit_adapter(
+    source: Path, out: Path, tensors=None, config: dict | None = None, lineage: bool = True
+) -> Path:
+    """A copy of the real adapter at ``source`` with its safetensors and config edited.
+
+    ``tensors``: a function from the loaded tensors (name -> tensor) to the ones saved instead;
+    ``config``: keys replaced in adapter_config.json; ``lineage=False``: no tuneship.json (an
+    adapter from another tool).
+    """
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    out = Path(out)
+    shutil.copytree(source, out)
+    if tensors is not None:
+        weights = out / "adapter_model.safetensors"
+        save_file(tensors(load_file(weights)), str(weights))
+    if config:
+        settings = json.loads((out / "adapter_config.json").read_text())
+        (out / "adapter_config.json").write_text(json.dumps({**settings, **config}))
+    if not lineage:
+        (out / "tuneship.json").unlink()
+    return out
+
+
+def token_rows_adapter(base_path: Path, out: Path) -> Path:
+    """A real PEFT adapter that also trains two token rows (``trainable_token_indices``)."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
+    config = LoraConfig(
+        r=8, target_modules=["q_proj"], trainable_token_indices=[5, 6], init_lora_weights=False
+    )
+    get_peft_model(model, config).save_pretrained(out)
+    return Path(out)
+
+
+def bad_adapters(good: Path, foreign: Path, tiny_base: Path, out: Path) -> dict[str, Path]:
+    """The adapter directories teams bring from other tools, each made from a real adapter.
+
+    ``good``: a real adapter of ``tiny_base``; ``foreign``: a real adapter of a base of another
+    hidden size. Keys name the kind.
+    """
+    import torch
+
+    out = Path(out)
+    vocab = json.loads((tiny_base / "config.json").read_text())["vocab_size"]
+    kinds = {
+        "token-rows": token_rows_adapter(tiny_base, out / "token-rows"),
+        "zero3": edit_adapter(good, out / "zero3", tensors=lambda t: {k: torch.empty(0) for k in t}),
+        "rank-mismatch": edit_adapter(good, out / "rank-mismatch", config={"r": 16}),
+        "compiled": edit_adapter(
+            good,
+            out / "compiled",
+            tensors=lambda t: {
+                k.replace("base_model.model.", "base_model.model._orig_mod."): v for k, v in t.items()
+            },
+        ),
+        "renamed": edit_adapter(
+            good, out / "renamed", tensors=lambda t: {k.replace("q_proj", "query"): v for k, v in t.items()}
+        ),
+        "other-base": edit_adapter(foreign, out / "other-base", lineage=False),
+        "added-tokens": edit_adapter(
+            good,
+            out / "added-tokens",
+            tensors=lambda t: {
+                **t,
+                "base_model.model.model.embed_tokens.base_layer.weight": torch.zeros(vocab + 2, 128),
+            },
+        ),
+        "no-op": edit_adapter(
+            good, out / "no-op", tensors=lambda t: {k: v * 0 if "lora_B" in k else v for k, v in t.items()}
+        ),
+        "bin-only": edit_adapter(good, out / "bin-only"),
+        "no-weights": edit_adapter(good, out / "no-weights"),
+    }
+    from safetensors.torch import load_file
+
+    weights = kinds["bin-only"] / "adapter_model.safetensors"
+    torch.save(load_file(weights), kinds["bin-only"] / "adapter_model.bin")
+    weights.unlink()
+    (kinds["no-weights"] / "adapter_model.safetensors").unlink()
+    return kinds

@@ -16,6 +16,15 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tuneship.adapter_weights import (
+    ADAPTER_BIN,
+    MERGE,
+    BaseLayout,
+    find_noop,
+    inspect_weights,
+    read_base_layout,
+    read_shapes,
+)
 from tuneship.artifacts import (
     ADAPTER_CONFIG,
     ADAPTER_DIR,
@@ -28,11 +37,11 @@ from tuneship.artifacts import (
 )
 from tuneship.chat import template_sha256
 from tuneship.errors import ArtifactError
-from tuneship.lineage import read_lineage
+from tuneship.lineage import Lineage, read_lineage
 
 # The values vLLM accepts for --max-lora-rank (vllm/config/lora.py).
 VLLM_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)
-WEIGHT_FILES = (ADAPTER_WEIGHTS, "adapter_model.bin")
+WEIGHT_FILES = (ADAPTER_WEIGHTS, ADAPTER_BIN)
 
 
 def adapter_hash(path: Path) -> str:
@@ -49,11 +58,24 @@ class AdapterReport:
     size_bytes: int = 0
     base_name: str | None = None
     base_sha256: str | None = None
-    problems: list[str] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)  # vLLM cannot serve it (each with what to do)
+    broken: list[str] = field(
+        default_factory=list
+    )  # of ``problems``: the weights load nowhere, a merge neither
+    fixes: list[str] = field(default_factory=list)  # exact repairs ``tuneship adapters add`` makes
+    renames: dict[str, str] = field(default_factory=dict)  # tensor renames among ``fixes``
+    notes: list[str] = field(default_factory=list)  # worth knowing, not a refusal (e.g. a no-op adapter)
+    compared_with: str | None = None  # the base whose modules the tensors were checked against
 
     @property
     def ok(self) -> bool:
-        return not self.problems
+        """vLLM can serve the directory as it is."""
+        return not self.problems and not self.fixes
+
+    @property
+    def fixable(self) -> bool:
+        """Not servable as it is, but ``tuneship adapters add`` repairs it exactly."""
+        return not self.problems and bool(self.fixes)
 
     @property
     def recommendation(self) -> str:
@@ -62,7 +84,13 @@ class AdapterReport:
                 f"serve it as a LoRA adapter (vLLM --max-lora-rank {fitting_max_lora_rank(self.rank or 1)}); "
                 "if it is the only one you serve, a merged export is faster"
             )
-        return "serve it as a merged model (tuneship export RUN --out DIR), or retrain as plain LoRA"
+        if self.fixable:
+            return (
+                "register it (tuneship adapters add NAME PATH), which makes the repairs above, and serve that"
+            )
+        if self.broken:
+            return "save the adapter again from training (a merged export cannot repair these weights)"
+        return MERGE + ", or retrain as plain LoRA"
 
     def render(self) -> str:
         lines = [f"Adapter: {self.path}"]
@@ -72,9 +100,16 @@ class AdapterReport:
         lines.append(f"  weights: {self.size_bytes / 1e6:.1f} MB")
         if self.base_name or self.base_sha256:
             lines.append(f"  trained on: {self.base_name} (weights sha256 {(self.base_sha256 or '?')[:12]})")
-        verdict = "vLLM can serve it" if self.ok else "vLLM cannot serve it as LoRA:"
-        lines.append(f"  {verdict}")
-        lines += [f"    - {p}" for p in self.problems]
+        if self.compared_with:
+            lines.append(f"  tensors checked against: {self.compared_with}")
+        if self.ok:
+            lines.append("  vLLM can serve it")
+        elif self.fixable:
+            lines.append("  vLLM cannot serve this directory as it is; tuneship adapters add repairs it:")
+        else:
+            lines.append("  vLLM cannot serve it as LoRA:")
+        lines += [f"    - {p}" for p in self.problems or self.fixes]
+        lines += [f"  Note: {n}" for n in self.notes]
         lines.append(f"  Recommendation: {self.recommendation}")
         return "\n".join(lines)
 
@@ -105,17 +140,25 @@ def locate_adapter(path: Path | str) -> Path:
 
 
 def check_adapter(
-    path: Path | str, base_sha256: str | None = None, chat_template_sha256: str | None = None
+    path: Path | str,
+    base_sha256: str | None = None,
+    chat_template_sha256: str | None = None,
+    base: Path | str | None = None,
 ) -> AdapterReport:
-    """Report every reason vLLM would refuse the adapter (empty list: servable).
+    """Report every reason vLLM would refuse the adapter, or ignore it (no problems: servable).
 
     ``base_sha256``: the served base's weights hash; ``chat_template_sha256``: the hash of the
     template the server applies. Either, when given, must match what the adapter was trained with.
+    ``base``: the directory of the base model the tensors' names and shapes are checked against
+    (its safetensors headers and config.json); without it, the base its lineage (or PEFT's
+    ``base_model_name_or_path``) names, when that directory is at hand. Every caller — ``adapters
+    check``, ``adapters add``, ``serve``, the hot-load guard, ``export`` — uses this one function.
     """
     path = Path(path)
     report = AdapterReport(path)
     if not (path / ADAPTER_CONFIG).is_file():
         report.problems.append(f"no {ADAPTER_CONFIG} in {path}")
+        report.broken.append(report.problems[-1])
         return report
     config = read_json(path / ADAPTER_CONFIG)
     if config.get("peft_type") != "LORA":
@@ -135,16 +178,8 @@ def check_adapter(
             f"rank {report.rank} is above vLLM's largest max_lora_rank {VLLM_LORA_RANKS[-1]}"
         )
     report.problems += _unsupported_features(config)
-    weights = [path / name for name in WEIGHT_FILES if (path / name).is_file()]
-    if not weights:
-        report.problems.append(f"no adapter weights ({' or '.join(WEIGHT_FILES)}) in {path}")
-    else:
-        report.size_bytes = weights[0].stat().st_size
-    if weights and weights[0].suffix == ".safetensors":
-        problem = _safetensors_problem(weights[0])
-        if problem:
-            report.problems.append(problem)
     lineage = read_lineage(path)
+    _check_weights(path, config, _base_layout(path, base, lineage, config), report)
     if lineage is not None and lineage.base_model is not None:
         report.base_name = lineage.base_model.name
         report.base_sha256 = lineage.base_model.weights_sha256
@@ -160,14 +195,61 @@ def check_adapter(
     return report
 
 
+def _check_weights(path: Path, config: dict, base: BaseLayout | None, report: AdapterReport) -> None:
+    """The weights file's tensors against the config and the base (see tuneship.adapter_weights)."""
+    weights = [path / name for name in WEIGHT_FILES if (path / name).is_file()]
+    if not weights:
+        report.broken.append(f"no adapter weights ({' or '.join(WEIGHT_FILES)}) in {path}")
+        report.problems.append(report.broken[-1])
+        return
+    file = weights[0]
+    report.size_bytes = file.stat().st_size
+    report.compared_with = base.describe() if base else None
+    try:
+        shapes = read_shapes(file)
+    except ArtifactError as e:
+        report.broken.append(str(e))
+        report.problems.append(str(e))
+        return
+    found = inspect_weights(config, shapes, base)
+    report.broken += found.broken
+    report.problems += found.broken + found.problems
+    report.fixes += found.fixes
+    report.renames = found.renames
+    report.notes += found.notes
+    if file.name == ADAPTER_BIN:
+        report.fixes.append(
+            f"only {ADAPTER_BIN} (a pickle; tuneship serves safetensors), converted to "
+            f"{ADAPTER_WEIGHTS} when registered"
+        )
+    if not found.broken:
+        noop = find_noop(file, shapes)
+        if noop:
+            report.notes.append(noop)
+
+
+def _base_layout(
+    path: Path, base: Path | str | None, lineage: Lineage | None, config: dict
+) -> BaseLayout | None:
+    """The base to check tensors against: ``base``, else the one the lineage or PEFT names, if at hand."""
+    if base is not None:
+        return read_base_layout(base)
+    recorded = lineage.base_model if lineage is not None else None
+    for candidate in (recorded.path if recorded else None, config.get("base_model_name_or_path")):
+        if candidate and (Path(candidate) / "config.json").is_file():
+            name = recorded.name if recorded and candidate == recorded.path else None
+            return read_base_layout(candidate, name)
+    return None
+
+
 def _unsupported_features(config: dict) -> list[str]:
     """What vLLM's PEFTHelper would reject (vllm/lora/peft_helper.py), in our words."""
     problems = []
     if config.get("use_dora"):
-        problems.append("DoRA: vLLM does not serve DoRA adapters")
+        problems.append(f"DoRA: vLLM does not serve DoRA adapters; {MERGE}")
     saved = [m for m in config.get("modules_to_save") or [] if m not in ("classifier", "score")]
     if saved:
-        problems.append(f"modules_to_save {saved}: fully trained layers (e.g. resized embeddings)")
+        problems.append(f"modules_to_save {saved}: fully trained layers (e.g. resized embeddings); {MERGE}")
     if config.get("lora_bias") or config.get("bias", "none") != "none":
         problems.append("trained biases: vLLM serves LoRA without bias terms")
     init = config.get("init_lora_weights", True)
@@ -176,21 +258,6 @@ def _unsupported_features(config: dict) -> list[str]:
     if config.get("layer_replication"):
         problems.append("layer_replication is not supported by vLLM")
     return problems
-
-
-def _safetensors_problem(path: Path) -> str | None:
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            names = list(f.keys())
-            for name in names:
-                f.get_slice(name)
-    except Exception as e:  # safetensors raises its own error types
-        return f"{path.name} is unreadable ({str(e).splitlines()[0][:200]})"
-    if not names:
-        return f"{path.name} holds no tensors"
-    return None
 
 
 @dataclass(frozen=True)

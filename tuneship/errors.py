@@ -24,6 +24,18 @@ class ArtifactError(TuneshipError):
     """An artifact (run, adapter, export) is missing, incomplete or inconsistent."""
 
 
+class AdapterNotFoundError(ArtifactError):
+    """No adapter of that name or path (a server answers 404)."""
+
+
+class AdapterRefusedError(ArtifactError):
+    """An adapter exists but cannot be served as it is; the message says why and what to do (400)."""
+
+
+class NotAllowedError(TuneshipError):
+    """The caller may not do this on this server, whoever they are (a server answers 403)."""
+
+
 class ServerError(TuneshipError):
     """The vLLM server failed to start or stopped answering."""
 

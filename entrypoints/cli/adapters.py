@@ -21,16 +21,21 @@ def adapters() -> None:
 def adapters_check(path: str, base: str | None) -> None:
     """Report whether vLLM can serve the adapter at PATH (a run or adapter directory), and why not.
 
-    Exits 1 when it cannot.
+    Its tensors are checked against --base, else the base its lineage names (when at hand).
+    Exits 1 when vLLM cannot serve the directory as it is.
     """
     from tuneship.adapters import check_adapter, locate_adapter
 
-    base_sha = None
+    resolved = None
     if base:
         from tuneship.models import resolve_base
 
-        base_sha = resolve_base(base).weights_sha256
-    report = check_adapter(locate_adapter(path), base_sha)
+        resolved = resolve_base(base)
+    report = check_adapter(
+        locate_adapter(path),
+        resolved.weights_sha256 if resolved else None,
+        base=resolved.path if resolved else None,
+    )
     click.echo(report.render())
     if not report.ok:
         sys.exit(1)
@@ -41,12 +46,27 @@ def adapters_check(path: str, base: str | None) -> None:
 @click.argument("source", type=click.Path(exists=True, file_okay=False))
 @registry_option
 @click.option("--force", is_flag=True, help="replace an adapter of the same name")
+@click.option("--base", help="the base model it will be served on (its tensors are checked against it)")
 @friendly_errors
-def adapters_add(name: str, source: str, registry: str, force: bool) -> None:
-    """Copy the adapter of SOURCE (a run or adapter directory) into the registry as NAME."""
+def adapters_add(name: str, source: str, registry: str, force: bool, base: str | None) -> None:
+    """Copy the adapter of SOURCE (a run or adapter directory) into the registry as NAME.
+
+    Its weights are stored as safetensors (a .bin is converted); a known wrapper prefix in its
+    tensor names (torch.compile's _orig_mod.) is stripped when that is exact. Both are reported.
+    """
     from tuneship.serve.registry import Registry
 
-    entry = Registry(registry).add(name, source, force=force)
+    base_path = None
+    if base:
+        from tuneship.models import resolve_base
+
+        base_path = resolve_base(base).path
+    entry = Registry(registry).add(name, source, force=force, base=base_path)
+    report = entry.report
+    for fix in report.fixes if report else []:
+        click.echo(f"Repaired: {fix}")
+    for note in report.notes if report else []:
+        click.echo(f"Note: {note}", err=True)
     click.echo(f"Registered {entry.name}: {entry.path} (sha256 {entry.sha256[:12]}, base {entry.base_name})")
 
 

@@ -190,7 +190,7 @@ def test_adapter_check_names_the_problem(tiny_run, tmp_path):
     weights = bad / "adapter_model.safetensors"
     weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
     assert any("unreadable" in p for p in check_adapter(bad).problems)
-    with pytest.raises(ArtifactError, match="cannot load the adapter"):
+    with pytest.raises(ArtifactError, match=f"{bad}: cannot merge: adapter_model.safetensors is unreadable"):
         export_merged(bad, tmp_path / "out")
     assert not (tmp_path / "out").exists()
     (bad / "adapter_config.json").unlink()
