@@ -38,7 +38,10 @@ class EvalSettings(Settings):
     """Settings of one evaluation or A/B comparison through an OpenAI-compatible API."""
 
     endpoint: str = Field(DEFAULT_ENDPOINT, description="OpenAI-compatible base URL")
-    data: str = Field(description="JSONL evaluation items (messages or prompt, with references)")
+    data: str = Field(
+        description="evaluation items (messages or prompt, with references): JSONL, JSON, CSV, Parquet "
+        "or a datasets directory"
+    )
     out: str = Field("reports/eval", description="report directory")
     scorers: list[str] = Field(
         default_factory=list, description="scorer to apply (repeatable; default: chosen from the references)"

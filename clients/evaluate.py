@@ -112,10 +112,10 @@ def evaluate(settings: EvalSettings, model: str) -> EvalResult:
     Raises:
         EvalError: the model is not served, the server is unreachable, or the data is invalid.
     """
+    items = load_items(settings.data, settings.limit)  # bad data is named before the server is asked
     models = list_models(settings.endpoint, settings.api_key)
     if model not in models:
         raise EvalError(f"model {model!r} is not served at {settings.endpoint} (served: {', '.join(models)})")
-    items = load_items(settings.data, settings.limit)
     scorers = _scorers(settings, items)
     answers = _run_arm(settings, items, model)
     scores = _score(items, answers, scorers)
@@ -300,8 +300,8 @@ def ab_compare(settings: EvalSettings, base: str, adapters: list[str], alpha: fl
     """
     if not adapters:
         raise EvalError("name at least one adapter to compare with the base")
+    items = load_items(settings.data, settings.limit)  # bad data is named before the server is asked
     check_adapters(list_models(settings.endpoint, settings.api_key), base, adapters)
-    items = load_items(settings.data, settings.limit)
     scorers = _scorers(settings, items)
     arms = score(run_arms(settings, items, base, adapters), scorers)
     stats = compare_arms(settings, arms, scorers, alpha)

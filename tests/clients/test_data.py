@@ -52,3 +52,19 @@ def test_invalid_utf8_and_lone_surrogates_name_their_line_and_the_rest_is_checke
         f"  {path}:3: not valid UTF-8 (lone surrogate \\ud83d in 'prompt': half of a character pair)",
         f'  {path}:4: the row is an array, not an object (one object per row, e.g. {{"messages": [...]}})',
     ]
+
+
+def test_eval_and_ab_name_bad_data_before_asking_the_server(tmp_path):
+    from helpers import free_port
+
+    from tuneship.clients.config import EvalSettings
+    from tuneship.clients.evaluate import ab_compare, evaluate
+
+    path = tmp_path / "e.csv"
+    path.write_bytes(BOM + b"prompt,reference\r\n2+2?,4\r\nna\xefve?,x\r\n")
+    settings = EvalSettings(endpoint=f"http://127.0.0.1:{free_port()}/v1", data=str(path), out=str(tmp_path))
+    reason = f"{path}:3: not valid UTF-8 \\(byte 0xef in 'prompt'"
+    with pytest.raises(EvalError, match=reason):
+        evaluate(settings, "base")
+    with pytest.raises(EvalError, match=reason):
+        ab_compare(settings, "base", ["adapter"])
