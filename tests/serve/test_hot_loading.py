@@ -1,5 +1,6 @@
 """Integration: the registry, hot loading and its guard, on the shared live vLLM server."""
 
+import json
 import os
 import shutil
 import subprocess
@@ -9,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import openai
 import pytest
-from helpers import API_KEY, make_adapter
+from helpers import API_KEY, bad_adapters, make_adapter, make_tiny_llama
 from openai import OpenAI
 
 from tuneship.errors import ArtifactError
@@ -137,6 +138,95 @@ def test_bad_loads_are_refused_while_traffic_keeps_flowing(live_server, tiny_bas
     for name in ("rank16", "other-base", "corrupt", "sneaky"):
         path = os.path.join(root, name)
         os.unlink(path) if os.path.islink(path) else shutil.rmtree(path)
+
+
+# kind (tests/helpers.py bad_adapters) -> a fragment of the reason the guard gives, with HTTP 400
+GUARD_REFUSALS = {
+    "token-rows": "trained token rows (model.embed_tokens",
+    "zero3": "tensors are empty (shape [0]",
+    "rank-mismatch": "lora_A rank 8, lora_B rank 8, config r=16",
+    "compiled": "'_orig_mod.' prefix, stripped when registered",
+    "renamed": "match no module of",
+    "other-base": "do not fit the shapes of",
+    "added-tokens": "added tokens: model.embed_tokens.base_layer.weight",
+    "bin-only": "only adapter_model.bin",
+    "no-weights": "no adapter weights",
+}
+
+
+def test_each_bad_kind_is_refused_with_its_status_and_reason(live_server, tiny_base, tmp_path):
+    """Copied into the registry by hand (not through adapters add): refused before vLLM sees them,
+    400 with the reason in an OpenAI-shaped error; an unknown name 404; statuses never from text."""
+    root = live_server.config.registry
+    foreign = make_adapter(make_tiny_llama(tmp_path / "wide"), tmp_path / "foreign")
+    made = bad_adapters(
+        make_adapter(tiny_base, tmp_path / "good", seed=9), foreign, tiny_base, tmp_path / "k"
+    )
+    for kind in GUARD_REFUSALS:
+        shutil.copytree(made[kind], os.path.join(root, kind))
+    try:
+        for kind, fragment in GUARD_REFUSALS.items():
+            response = _load(live_server, {"lora_name": kind, "lora_path": f"{root}/{kind}"})
+            error = response.json()["error"]
+            assert response.status_code == 400 and error["type"] == "BadRequestError", (kind, error)
+            assert error["code"] == 400 and error["message"].startswith(f"adapter {kind} refused: "), error
+            assert fragment in error["message"], (kind, error["message"])
+        served = _load(live_server, {"lora_name": "tiny-base"})
+        assert served.status_code == 400
+        assert "'tiny-base' is the name of the model this server serves" in served.json()["error"]["message"]
+        unknown = _load(live_server, {"lora_name": "no-adapter-here"})
+        assert unknown.status_code == 404 and unknown.json()["error"]["type"] == "NotFoundError"
+        assert "no adapter 'no-adapter-here' in the registry" in unknown.json()["error"]["message"]
+        with pytest.raises(openai.BadRequestError) as sdk:  # the SDK reads the guard's error as vLLM's own
+            _client(live_server).post(
+                "/load_lora_adapter", body={"lora_name": "zero3"}, cast_to=httpx.Response
+            )
+        assert "DeepSpeed ZeRO-3" in sdk.value.message
+        with pytest.raises(openai.NotFoundError):  # nor does a first request load one
+            _chat(_client(live_server), "compiled")
+        assert _chat(_client(live_server), "tiny-adapter")
+    finally:
+        for kind in GUARD_REFUSALS:
+            shutil.rmtree(os.path.join(root, kind))
+
+
+def test_statuses_come_from_the_error_type():
+    """The middleware on its own (a pure unit): 401 without the key, 403 with hot loading off."""
+    import asyncio
+
+    from tuneship.errors import AdapterNotFoundError, AdapterRefusedError, ArtifactError, NotAllowedError
+    from tuneship.serve.guard import GuardSettings, RegistryGuard, http_status
+
+    statuses = [http_status(e("no adapter here")) for e in (AdapterNotFoundError, AdapterRefusedError)]
+    assert statuses + [http_status(ArtifactError("no adapter")), http_status(NotAllowedError("x"))] == [
+        404,
+        400,
+        400,
+        403,
+    ]
+
+    async def call(guard, authorization):
+        sent = []
+
+        async def receive():
+            return {"type": "http.request", "body": b"{}", "more_body": False}
+
+        async def send(message):
+            sent.append(message)
+
+        headers = [(b"authorization", authorization.encode())]
+        await guard({"type": "http", "path": "/v1/load_lora_adapter", "headers": headers}, receive, send)
+        return sent[0]["status"], json.loads(sent[1]["body"])["error"]
+
+    guard = RegistryGuard(app=None)
+    guard.settings = GuardSettings(registry=None, base_sha256=None, max_rank=8, api_key="k")
+    assert asyncio.run(call(guard, "Bearer wrong"))[0] == 401
+    status, error = asyncio.run(call(guard, "Bearer k"))
+    assert (
+        status == 403
+        and error["type"] == "PermissionDeniedError"
+        and "hot loading is off" in error["message"]
+    )
 
 
 def test_api_key_is_enforced(live_server):
