@@ -21,7 +21,7 @@ class TrainConfig(Settings):
     """Settings of one training run."""
 
     data: str = Field(description="training data: JSONL, JSON, CSV, Parquet file or datasets directory")
-    format: DataFormat | None = Field(None, description="data format (default: detected from the first row)")
+    format: DataFormat | None = Field(None, description="data format (default: the first row that fits one)")
     name: str = Field("", description="run name; output goes to RUNS_DIR/NAME (default: data file stem)")
     runs_dir: str = Field("runs", description="directory that holds runs")
     base: str = Field("default", description="base model: 'default', a local HF directory or a hub id")

@@ -1,7 +1,7 @@
 """Read training data in the shapes people have and check every row before any model loads.
 
 Files: JSONL, JSON (a list of rows), CSV, Parquet, and local ``datasets`` directories
-(``save_to_disk``). Formats, detected from the first row (``--format`` overrides):
+(``save_to_disk``). Formats, detected from the first row that fits one (``--format`` overrides):
 
   * ``messages``:          {"messages": [{"role", "content", "weight"?}, ...]} (OpenAI fine-tuning format)
   * ``prompt-completion``: {"prompt": str, "completion": str}
