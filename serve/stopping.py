@@ -68,5 +68,5 @@ def plan_stopping(model_dir: Path, chat_template: str | None, base_name: str) ->
         f"Stopping: the chat template ends a turn with {tokens}, which {base_name} does not end "
         f"sequences with; every model on this server stops on ids {ids} (--generation-config {directory})"
     )
-    log.info(note)
+    log.debug(note)  # the start-up summary shows it (VLLMServer.notes)
     return StopPlan(ids, directory, note)
