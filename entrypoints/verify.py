@@ -79,6 +79,23 @@ def _conversations(
     return train[: max(1, samples // 2)], held_out
 
 
+def _compared_prompts(
+    run: dict, run_dir: Path, samples: int, seed: int, template: str
+) -> tuple[list[list[dict]], list[list[dict]]]:
+    """:func:`_conversations`, or EvalError saying why there are none (files gone, or no chat rows)."""
+    train_prompts, held_out = _conversations(run, samples, seed, template)
+    if held_out:
+        return train_prompts, held_out
+    record = run_dir / RUN_CONFIG
+    files = [run["config"].get(key) for key in ("data", "eval_data")]
+    if not any(file and Path(file).exists() for file in files):
+        raise EvalError(f"the data files recorded in {record} are gone; fidelity needs them")
+    raise EvalError(
+        f"the data recorded in {record} has no conversation to compare (text rows, or rows with "
+        "tools); fidelity compares chat prompts"
+    )
+
+
 def _tokenize_url(endpoint: str) -> str:
     return endpoint.rstrip("/").removesuffix("/v1") + "/tokenize"
 
@@ -238,9 +255,7 @@ def verify_fidelity(settings: FidelitySettings) -> FidelityResult:
     base = base_of_adapter(adapter)
     tokenizer = AutoTokenizer.from_pretrained(base.path)
     template = run_chat_template(run_dir, tokenizer)
-    train_prompts, held_out = _conversations(run, settings.samples, settings.seed, template)
-    if not held_out:
-        raise EvalError(f"the data files recorded in {run_dir / RUN_CONFIG} are gone; fidelity needs them")
+    train_prompts, held_out = _compared_prompts(run, run_dir, settings.samples, settings.seed, template)
 
     template_check = check_template(settings, train_prompts + held_out, tokenizer, template)
     served = asyncio.run(_served_answers(settings, settings.model, held_out))

@@ -219,3 +219,18 @@ def test_fidelity_report_names_every_check_and_each_difference():
     assert "| applied | not checked | no served base model |" in report
     assert "- template differs at token 0 for 'hi': served `user:` vs trained `<|im`" in report
     assert "- 'q': served `low` vs reference `high`" in report
+
+
+def test_a_run_on_text_rows_is_refused_for_what_it_is_not_for_missing_files(tmp_path):
+    """Fidelity compares chat prompts; a run trained on plain text has none (its files are there)."""
+    from tuneship.entrypoints.verify import _compared_prompts
+    from tuneship.errors import EvalError
+
+    data = tmp_path / "text.jsonl"
+    data.write_text("".join(json.dumps({"text": f"paragraph {i}"}) + "\n" for i in range(4)))
+    run = {"config": {"data": str(data), "format": None, "eval_data": ""}}
+    with pytest.raises(EvalError, match=r"run.yaml has no conversation to compare \(text rows"):
+        _compared_prompts(run, tmp_path, samples=4, seed=0, template="")
+    data.unlink()
+    with pytest.raises(EvalError, match="run.yaml are gone; fidelity needs them"):
+        _compared_prompts(run, tmp_path, samples=4, seed=0, template="")
