@@ -8,7 +8,7 @@ from helpers import make_adapter
 
 from tuneship.entrypoints.cli import cli
 from tuneship.errors import TuneshipError
-from tuneship.serve.capacity import model_context
+from tuneship.serve.capacity import Context, context_note, model_context
 from tuneship.serve.config import ServeConfig
 from tuneship.serve.server import VLLMServer
 
@@ -96,3 +96,17 @@ def test_the_end_of_turn_is_passed_to_vllm_when_the_base_does_not_end_sequences_
     plain = VLLMServer(ServeConfig(base=str(tiny_base), port=9))
     assert plain.args[plain.args.index("--generation-config") + 1] == "auto"
     assert not any(n.startswith("Stopping:") for n in plain.notes())
+
+
+def test_the_summary_says_when_vllm_fits_the_context_to_the_kv_cache():
+    context = Context(8192, "max_position_embeddings in m/config.json")
+    assert context_note(0, context, 8192).startswith(
+        "Max model len: 8192 tokens per request, the model's context"
+    )
+    reduced = context_note(0, context, 3000)
+    assert "3000 tokens per request: the model's context of 8192 reduced to fit the KV cache" in reduced
+    assert "--kv-cache-gb" in reduced
+    assert (
+        context_note(512, context)
+        == "Max model len: 512 tokens per request (prompt + output; --max-model-len)"
+    )
