@@ -268,7 +268,7 @@ def _train(config: TrainConfig, data: Dataset, run_dir: Path, resume: bool) -> R
     tokenizer, template = load_tokenizer(base, config.chat_template)
     warning = data.format != "text" and end_of_turn_warning(tokenizer, base.path, template, base.name)
     if warning:  # conversations only: text rows end with the end-of-sequence token
-        say(f"Warning: {warning}", logging.WARNING)
+        say(warning, logging.WARNING)
     rows, stats = render_dataset(
         data, tokenizer, config.max_length, template, config.loss_on, config.skip_invalid
     )
