@@ -18,10 +18,9 @@ from pathlib import Path
 from typing import Any, get_args
 
 from tuneship.adapter_weights import read_shapes
-from tuneship.adapters import WEIGHT_FILES, check_adapter, locate_adapter
+from tuneship.adapters import WEIGHT_FILES, AdapterReport, check_adapter, locate_adapter
 from tuneship.artifacts import (
     ADAPTER_CONFIG,
-    ADAPTER_WEIGHTS,
     MODEL_CARD,
     PARITY,
     RUN_CONFIG,
@@ -113,7 +112,7 @@ def export_merged(
     if report.broken:  # before loading: PyTorch's own message would be cut off and name no cause
         raise ArtifactError(f"{adapter}: cannot merge: " + "; ".join(report.broken))
     peft_model = load_peft(base, adapter)
-    check_loaded_keys(peft_model, adapter, "; ".join(report.fixes) or None)
+    check_loaded_keys(peft_model, adapter, report)
     peft_model.eval()
     reference = last_logits(peft_model, tokenizer, PARITY_PROMPTS)
     merged = peft_model.merge_and_unload()
@@ -121,7 +120,7 @@ def export_merged(
         update={
             "kind": "merged-model",
             "adapter": str(adapter.resolve()),
-            "adapter_sha256": sha256_file(adapter / ADAPTER_WEIGHTS),
+            "adapter_sha256": sha256_file(weights_file(adapter)),  # safetensors, else an older .bin
             "dtype": dtype,
         }
     )
@@ -134,30 +133,42 @@ def export_merged(
     return ExportResult(out, parity, base)
 
 
-def check_loaded_keys(peft_model: Any, adapter: Path, known_cause: str | None = None) -> None:
+def weights_file(adapter: Path) -> Path:
+    """The adapter's weights: safetensors, else an older PEFT ``.bin``."""
+    return next(adapter / name for name in WEIGHT_FILES if (adapter / name).is_file())
+
+
+def check_loaded_keys(peft_model: Any, adapter: Path, report: AdapterReport) -> None:
     """Every tensor the adapter's config asks for was in its weights file, and every tensor
     there was loaded; else PEFT keeps the untouched initial weights (B = 0) and the merge would
-    write the base unchanged. Raises ArtifactError naming the missing and the unused keys, and
-    ``known_cause`` (the adapter check's exact repair, e.g. a prefix to strip) when known."""
+    write the base unchanged. Raises ArtifactError naming the missing and the unused keys, with
+    what the adapter check found (``report``: e.g. a prefix that registering strips exactly)."""
     from peft.utils import get_peft_model_state_dict
 
     expected = set(get_peft_model_state_dict(peft_model))
-    file = next(adapter / name for name in WEIGHT_FILES if (adapter / name).is_file())
+    file = weights_file(adapter)
     saved = set(read_shapes(file))
     missing, unused = sorted(expected - saved), sorted(saved - expected)
     if not missing and not unused:
         return
-    detail = f"missing adapter keys: {len(missing)} of the {len(expected)} tensors the config asks for"
+    details = []
     if missing:
-        detail += f" are not in {file.name} (e.g. {missing[0]})"
+        details.append(
+            f"missing adapter keys: {len(missing)} of the {len(expected)} tensors the config asks for "
+            f"are not in {file.name} (e.g. {missing[0]})"
+        )
     if unused:
-        detail += f"; {len(unused)} tensors in it match no adapted module (e.g. {unused[0]})"
-    todo = (
-        f"{known_cause}: register it (tuneship adapters add NAME PATH) and export the registry entry"
-        if known_cause
-        else "save the adapter again from the trained model (model.save_pretrained)"
-    )
-    raise ArtifactError(f"{adapter}: {detail}; merging would write the base unchanged. {todo}")
+        details.append(
+            f"adapter keys that do not load: {len(unused)} tensor(s) in {file.name} match no adapted "
+            f"module (e.g. {unused[0]})"
+        )
+    if report.fixes:
+        todo = f"{'; '.join(report.fixes)}: register it (tuneship adapters add NAME PATH) and export that"
+    elif report.problems:
+        todo = f"the adapter check says: {'; '.join(report.problems)}"
+    else:
+        todo = "save the adapter again from the trained model (model.save_pretrained)"
+    raise ArtifactError(f"{adapter}: {'; '.join(details)}; merging would write the base unchanged. {todo}")
 
 
 def save_merged(

@@ -185,6 +185,14 @@ def test_export_refuses_keys_that_do_not_load_instead_of_writing_the_base(kinds,
     assert "v_proj" in str(missing.value)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["partial"]  # nothing written
 
+    with pytest.raises(ArtifactError) as added:  # the resized embedding does not load on the base
+        export_merged(kinds["added-tokens"], tmp_path / "d", dtype="fp32")
+    assert "adapter keys that do not load: 1 tensor(s) in adapter_model.safetensors" in str(added.value)
+    assert "the adapter check says: added tokens: model.embed_tokens.base_layer.weight has" in str(
+        added.value
+    )
+    assert export_merged(kinds["bin-only"], tmp_path / "e", dtype="fp32").parity.passed  # PEFT reads .bin
+
 
 def test_config_rank_pattern_is_honoured(good, tmp_path):
     config = json.loads((good / "adapter_config.json").read_text())
