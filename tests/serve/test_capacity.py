@@ -110,3 +110,12 @@ def test_the_summary_says_when_vllm_fits_the_context_to_the_kv_cache():
         context_note(512, context)
         == "Max model len: 512 tokens per request (prompt + output; --max-model-len)"
     )
+
+
+def test_the_container_gets_the_generation_config_with_the_end_of_turn(short_base):
+    from tuneship.serve.container import GENERATION_MOUNT, container_spec
+
+    server = VLLMServer(ServeConfig(base=str(short_base), port=9))
+    spec = container_spec(server, image="tuneship/serve:test")
+    assert spec.mounts[str(server.stopping.generation_config)] == {"bind": GENERATION_MOUNT, "mode": "ro"}
+    assert spec.command[spec.command.index("--generation-config") + 1] == GENERATION_MOUNT
