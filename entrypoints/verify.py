@@ -67,8 +67,8 @@ def _conversations(
         data = load_dataset(path, config.get("format") or None, skip_invalid=True)
         out = []
         for example in data.examples:
-            if isinstance(example, TextExample):
-                continue  # plain text has no chat prompt to compare
+            if isinstance(example, TextExample) or example.tools:
+                continue  # plain text has no chat prompt; a row's tools would have to go with its prompt
             last = max(i for i, m in enumerate(example.messages) if m["role"] == "assistant")
             out.append(served_messages(example.messages[:last], template))
         random.Random(seed).shuffle(out)
