@@ -20,6 +20,7 @@ from pathlib import Path
 from tuneship.clients.config import EvalSettings
 from tuneship.clients.data import EvalItem, load_items
 from tuneship.clients.judge import judge_pairs, judge_summary
+from tuneship.clients.judge_bias import length_warning
 from tuneship.clients.latency import measure_latency
 from tuneship.clients.report import write_ab_report, write_eval_report
 from tuneship.clients.results import ABResult, Comparison, EvalResult, JudgeSummary, LatencySummary
@@ -204,7 +205,7 @@ def _judge(settings: EvalSettings, arms: Arms, adapter: str, alpha: float) -> tu
     )
     outcomes = [verdicts.outcomes[i.id] for i in arms.items]
     arms.scores[adapter]["judge_win_rate"] = outcomes
-    return judge_compare(outcomes, alpha, s.margin), judge_summary(verdicts)
+    return judge_compare(outcomes, alpha, s.margin), judge_summary(verdicts, alpha)
 
 
 def compare_arms(settings: EvalSettings, arms: Arms, scorers: list[Scorer], alpha: float) -> ArmComparisons:
@@ -228,7 +229,8 @@ def compare_arms(settings: EvalSettings, arms: Arms, scorers: list[Scorer], alph
 
 
 def _warnings(arms: Arms, judge: dict[str, JudgeSummary]) -> list[str]:
-    """An adapter that answers like its base (probably not applied); a judge that follows positions."""
+    """An adapter that answers like its base (probably not applied); a judge that follows positions
+    or answer length (the rule: ``clients/judge_bias.py``)."""
     warnings = []
     base = arms.answers[arms.base]
     for adapter in arms.adapters:
@@ -241,10 +243,14 @@ def _warnings(arms: Arms, judge: dict[str, JudgeSummary]) -> list[str]:
             )
     for adapter, summary in judge.items():
         if summary.position_consistency < 0.5:
+            first = summary.picked_first
             warnings.append(
                 f"WARNING: the judge agreed with itself across answer orders on only "
                 f"{summary.position_consistency:.0%} of items for {adapter}; its verdict is weak evidence"
+                + ("" if first is None else f" (it named the answer shown first {first:.0%} of the time)")
             )
+        if warning := length_warning(adapter, summary):
+            warnings.append(warning)
     return warnings
 
 

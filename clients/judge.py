@@ -6,18 +6,20 @@ answer first and once with the base's first, and names the better one ("A" or "B
 prefer the base; anything else (a tie, an unreadable reply, or a preference that follows
 the position rather than the answer) is a tie. Position consistency — the share of items
 where both orders agree — is reported: a judge that mostly picks a position is not
-measuring quality.
+measuring quality. The share of single judgments that named the answer shown first is
+reported too, and how the judge's picks track answer length (``clients/judge_bias.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from tuneship.chat import text_of
 from tuneship.clients.config import RETRIES
 from tuneship.clients.data import EvalItem
+from tuneship.clients.judge_bias import length_bias
 from tuneship.clients.results import JudgeSummary
 from tuneship.clients.runner import make_client
 
@@ -60,10 +62,20 @@ class JudgeResult:
     outcomes: dict[str, float]  # item id -> 1 / 0.5 / 0
     consistent: dict[str, bool]
     unparsed: int
+    choices: dict[str, tuple[str | None, str | None]] = field(default_factory=dict)
+    """item id -> the judge's reply with the adapter's answer first, and with the base's first."""
+    lengths: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """item id -> (adapter answer, base answer) lengths in characters."""
 
     @property
     def position_consistency(self) -> float:
         return sum(self.consistent.values()) / max(1, len(self.consistent))
+
+    @property
+    def picked_first(self) -> float | None:
+        """Share of single judgments naming A or B that named A, the answer shown first."""
+        picks = [c for pair in self.choices.values() for c in pair if c in ("A", "B")]
+        return sum(c == "A" for c in picks) / len(picks) if picks else None
 
 
 def judge_pairs(
@@ -95,24 +107,40 @@ def judge_pairs(
             unparsed += choice is None
             return choice
 
-        async def one(item: EvalItem) -> tuple[str, float, bool]:
+        result = JudgeResult(model, {}, {}, 0)
+
+        async def one(item: EvalItem) -> None:
             base, adapter = base_answers[item.id]["output"], adapter_answers[item.id]["output"]
             adapter_first, base_first = await asyncio.gather(
                 ask(item, adapter, base), ask(item, base, adapter)
             )
-            score, consistent = outcome(adapter_first, base_first)
-            return item.id, score, consistent
+            result.outcomes[item.id], result.consistent[item.id] = outcome(adapter_first, base_first)
+            result.choices[item.id] = (adapter_first, base_first)
+            result.lengths[item.id] = (len(adapter), len(base))
 
         async with client:
-            results = await asyncio.gather(*(one(item) for item in items))
-        return JudgeResult(model, {i: s for i, s, _ in results}, {i: c for i, _, c in results}, unparsed)
+            await asyncio.gather(*(one(item) for item in items))
+        result.unparsed = unparsed
+        return result
 
     return asyncio.run(run())
 
 
-def judge_summary(result: JudgeResult) -> JudgeSummary:
-    """Wins, ties and losses of the adapter, and how far the judge agreed with itself."""
+def judge_summary(result: JudgeResult, alpha: float = 0.05) -> JudgeSummary:
+    """Wins, ties and losses of the adapter, how far the judge agreed with itself across answer
+    orders, how often it named the answer shown first, and how its picks track answer length
+    (``alpha``: the significance level of the length warning; see ``clients/judge_bias.py``)."""
     values = list(result.outcomes.values())
+    picked_first = result.picked_first
+    ids = [i for i in result.outcomes if i in result.lengths]
+    length = None
+    if ids:
+        length = length_bias(
+            [result.outcomes[i] for i in ids],
+            [result.lengths[i][0] for i in ids],
+            [result.lengths[i][1] for i in ids],
+            alpha,
+        )
     return JudgeSummary(
         judge_model=result.model,
         wins=sum(v == 1 for v in values),
@@ -120,4 +148,6 @@ def judge_summary(result: JudgeResult) -> JudgeSummary:
         losses=sum(v == 0 for v in values),
         position_consistency=round(result.position_consistency, 4),
         unparsed_replies=result.unparsed,
+        picked_first=None if picked_first is None else round(picked_first, 4),
+        length=length,
     )

@@ -74,6 +74,11 @@ def ab_table(result: ABResult) -> str:
     return str(report_environment().get_template("tables.md.j2").module.comparison_table(result)).strip()
 
 
+def judge_text(result: ABResult) -> str:
+    """The judge's lines in Markdown (outcome, position and length diagnostics); empty without a judge."""
+    return str(report_environment().get_template("tables.md.j2").module.judge_lines(result)).strip()
+
+
 def _examples(
     items: list[EvalItem],
     answers: dict[str, dict[str, dict]],
@@ -152,6 +157,29 @@ def _latency_rows(latency: dict[str, LatencySummary | None]) -> list[dict]:
     return rows
 
 
+def _length_rows(
+    result: ABResult,
+    items: list[EvalItem],
+    answers: dict[str, dict[str, dict]],
+    scores: dict[str, dict[str, list[float]]],
+) -> list[dict]:
+    """Chart rows per judged adapter and outcome: each item's length difference (adapter - base,
+    characters), in the row of the judge's outcome for it."""
+    rows = []
+    outcomes = {1.0: ("won", "#2ca02c"), 0.5: ("tie", "#8c8c8c"), 0.0: ("lost", "#d62728")}
+    for adapter in result.judge:
+        judged = scores.get(adapter, {}).get("judge_win_rate")
+        if judged is None or adapter not in answers:
+            continue
+        diffs = [
+            len(answers[adapter][i.id]["output"]) - len(answers[result.base][i.id]["output"]) for i in items
+        ]
+        for value, (label, colour) in outcomes.items():
+            values = [d for d, o in zip(diffs, judged, strict=True) if o == value]
+            rows.append({"label": f"{adapter}: {label}", "values": values, "colour": colour})
+    return rows
+
+
 def _interval_rows(comparisons: dict[str, list[Comparison]]) -> list[dict]:
     return [
         {"label": f"{a}: {c.metric}", "diff": c.diff, "low": c.ci_low, "high": c.ci_high}
@@ -191,6 +219,7 @@ def write_ab_report(
         intervals=_interval_rows(result.comparisons),
         means=_unit_scale(means),
         latency_samples=_latency_rows(result.latency),
+        length_rows=_length_rows(result, items, answers, scores),
     )
     (out / REPORT_HTML).write_text(page)
     log.info("A/B report written to %s", out / REPORT_MD)

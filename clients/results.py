@@ -96,6 +96,49 @@ class LatencySummary(_Result):
     """End-to-end latency of every timed request, seconds (for the strip plot)."""
 
 
+class LengthBias(_Result):
+    """How the judge's picks track answer length for one adapter (see ``clients/judge_bias.py``).
+
+    Lengths are in characters. A *decided* comparison is an item the adapter won or lost in both
+    answer orders, between answers of different length.
+    """
+
+    adapter_mean_length: float
+    """Mean length of the adapter's answers, characters."""
+    base_mean_length: float
+    """Mean length of the base's answers, characters."""
+    adapter_longer: int
+    """Items where the adapter's answer is longer than the base's."""
+    adapter_shorter: int
+    """Items where the adapter's answer is shorter than the base's."""
+    decided: int
+    """Decided comparisons between answers of different length."""
+    longer_won: int
+    """Decided comparisons the longer answer won."""
+    longer_won_share: float | None = None
+    """``longer_won / decided`` (None without decided comparisons; 0.5: length plays no part)."""
+    longer_won_p: float | None = None
+    """Two-sided exact binomial test of ``longer_won_share`` = 0.5."""
+    spearman_rho: float | None = None
+    """Spearman correlation over all judged items between the length difference (adapter - base)
+    and the outcome (1 win, 0.5 tie, 0 loss); None when either is constant."""
+    spearman_p: float | None = None
+    """Two-sided p-value of ``spearman_rho`` (scipy.stats.spearmanr)."""
+    length_controlled_win_rate: float | None = None
+    """Win rate implied at equal length by a logistic regression of the outcome on the normalised
+    length difference (AlpacaEval's LC idea); None when the adapter's answers were not both longer and
+    shorter than the base's on at least 3 items each (length and arm cannot be told apart)."""
+    length_controlled_low: float | None = None
+    """Lower bound of the approximate (Wald) 95% interval of ``length_controlled_win_rate``."""
+    length_controlled_high: float | None = None
+    """Upper bound of the approximate (Wald) 95% interval of ``length_controlled_win_rate``."""
+    explains_verdict: bool = False
+    """Length explains the judge's verdict: the share of decided comparisons won by the longer answer
+    differs from half (``longer_won_p`` < alpha), so the judge favours one length, and the arm it
+    favoured (more wins than losses, or the reverse) is the arm whose answers had that length in most
+    decided comparisons. The report and the CLI warn when it is true."""
+
+
 class JudgeSummary(_Result):
     """The pairwise judge's outcome for one adapter (see ``clients/judge.py``)."""
 
@@ -106,6 +149,11 @@ class JudgeSummary(_Result):
     position_consistency: float
     """Share of items where both answer orders agree; below 0.5 the verdict is weak evidence."""
     unparsed_replies: int
+    picked_first: float | None = None
+    """Share of single judgments naming an answer that named the one shown first (0.5: no position
+    preference; None when no reply named one)."""
+    length: LengthBias | None = None
+    """How the judge's picks track answer length (None for a result written before it was measured)."""
 
 
 class EvalResult(_Result):

@@ -71,13 +71,15 @@ def ab(
     Writes report.md, report.html, results.json and samples.jsonl under --out.
     """
     from tuneship.clients.evaluate import ab_compare
-    from tuneship.clients.report import ab_table
+    from tuneship.clients.report import ab_table, judge_text
 
     settings = load_config(EvalSettings, None, out=out or "reports/ab", **options)
     result = ab_compare(settings, base, list(adapters), alpha)
     for warning in result.warnings:
         click.secho(warning, fg="red", err=True)
     click.echo(ab_table(result))
+    if result.judge:
+        click.echo(judge_text(result))
     for adapter, ratio in result.latency_ratio.items():
         click.echo(f"Latency {adapter}/{base}: " + ", ".join(f"{k} {v:.2f}x" for k, v in ratio.items()))
     click.echo(f"Report: {result.report}")
