@@ -167,7 +167,9 @@ def test_rows_that_fit_no_format_or_another_one_say_so(tmp_path):
     )
     with pytest.raises(DataError) as info:
         load_dataset(path)
-    assert f"{path}:1: keys 'question', 'answer' fit no format; expected the keys of one of: " in str(info.value)
+    assert f"{path}:1: keys 'question', 'answer' fit no format; expected the keys of one of: " in str(
+        info.value
+    )
     assert (
         f"{path}:3: a messages row (messages), but the data's format is prompt-completion, "
         f"detected from {path}:2" in str(info.value)
