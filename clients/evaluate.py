@@ -19,7 +19,7 @@ from pathlib import Path
 
 from tuneship.clients.config import EvalSettings
 from tuneship.clients.data import EvalItem, load_items
-from tuneship.clients.judge import judge_pairs, judge_summary
+from tuneship.clients.judge import check_judge, judge_pairs, judge_summary
 from tuneship.clients.judge_bias import length_warning
 from tuneship.clients.latency import measure_latency
 from tuneship.clients.report import write_ab_report, write_eval_report
@@ -308,6 +308,8 @@ def ab_compare(settings: EvalSettings, base: str, adapters: list[str], alpha: fl
         raise EvalError("name at least one adapter to compare with the base")
     items = load_items(settings.data, settings.limit)  # bad data is named before the server is asked
     check_adapters(list_models(settings.endpoint, settings.api_key), base, adapters)
+    if settings.judge_endpoint and settings.judge_model:
+        check_judge(settings.judge_endpoint, settings.judge_model, settings.judge_api_key)
     scorers = _scorers(settings, items)
     arms = score(run_arms(settings, items, base, adapters), scorers)
     stats = compare_arms(settings, arms, scorers, alpha)

@@ -22,6 +22,7 @@ from tuneship.clients.data import EvalItem
 from tuneship.clients.judge_bias import length_bias
 from tuneship.clients.results import JudgeSummary
 from tuneship.clients.runner import make_client
+from tuneship.errors import EvalError
 
 JUDGE_SYSTEM = (
     "You are an impartial judge. Compare two answers to the same request and decide which one "
@@ -78,6 +79,29 @@ class JudgeResult:
         return sum(c == "A" for c in picks) / len(picks) if picks else None
 
 
+def check_judge(endpoint: str, model: str, api_key: str | None = None) -> None:
+    """Refuse, before any answer is generated, a judge that is unreachable or does not serve ``model``.
+
+    A server without a model list (``GET /models`` answering an error) is given the benefit of the
+    doubt: a wrong name then fails at the first judgment, in one line too.
+
+    Raises:
+        EvalError: the judge endpoint is unreachable, or lists its models and ``model`` is not one.
+    """
+    import openai
+
+    client = openai.OpenAI(base_url=endpoint, api_key=api_key or "EMPTY", timeout=10, max_retries=0)
+    try:
+        with client:
+            served = [m.id for m in client.models.list().data]
+    except openai.APIConnectionError:
+        raise EvalError(f"cannot reach the judge at {endpoint} (is it running?)") from None
+    except openai.APIStatusError:
+        return
+    if model not in served:
+        raise EvalError(f"judge model {model!r} is not served at {endpoint} (served: {', '.join(served)})")
+
+
 def judge_pairs(
     items: list[EvalItem],
     base_answers: dict[str, dict],
@@ -89,7 +113,12 @@ def judge_pairs(
     timeout: float = 120,
     retries: int = RETRIES,
 ) -> JudgeResult:
-    """Judge every item in both orders on ``endpoint`` (temperature 0; ``retries`` per request)."""
+    """Judge every item in both orders on ``endpoint`` (temperature 0; ``retries`` per request).
+
+    Raises:
+        EvalError: the judge became unreachable or refused a request (after retries).
+    """
+    import openai
 
     async def run() -> JudgeResult:
         semaphore = asyncio.Semaphore(concurrency)
@@ -123,7 +152,12 @@ def judge_pairs(
         result.unparsed = unparsed
         return result
 
-    return asyncio.run(run())
+    try:
+        return asyncio.run(run())
+    except openai.APIConnectionError:
+        raise EvalError(f"lost the judge at {endpoint} (after {retries} retries)") from None
+    except openai.APIStatusError as e:
+        raise EvalError(f"judge {model} at {endpoint} answered {e.status_code}: {e.message}") from None
 
 
 def judge_summary(result: JudgeResult, alpha: float = 0.05) -> JudgeSummary:

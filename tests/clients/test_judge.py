@@ -8,14 +8,17 @@ win rate near 50%; one that always names the first answer, the position warning;
 import json
 
 import pytest
+from helpers import free_port
 
 from tuneship.clients.config import EvalSettings
 from tuneship.clients.data import EvalItem
 from tuneship.clients.evaluate import Arms, assemble, compare_arms, score
+from tuneship.clients.judge import check_judge, judge_pairs
 from tuneship.clients.judge_bias import length_bias, length_controlled_win_rate, longer_won
 from tuneship.clients.report import judge_text, write_ab_report
 from tuneship.clients.results import ABResult
 from tuneship.clients.scorers import make_scorer
+from tuneship.errors import EvalError
 
 N = 60
 
@@ -135,6 +138,20 @@ def test_a_length_preference_against_the_lean_does_not_explain_the_verdict():
     agreeing = [1.0] * 20 + [0.0] * 4 + [1.0] * 4 + [0.0] * 12
     bias = length_bias(agreeing, [50] * 24 + [5] * 16, [20] * 24 + [30] * 16)
     assert (bias.longer_won, bias.decided) == (32, 40) and bias.explains_verdict
+
+
+def test_a_judge_that_is_down_or_does_not_serve_the_model_is_one_clear_line(stub_judge):
+    url, _ = stub_judge
+    check_judge(url, "fair")
+    with pytest.raises(
+        EvalError, match=r"^judge model 'gpt-judge' is not served at .* \(served: first, longer, fair\)$"
+    ):
+        check_judge(url, "gpt-judge")
+    with pytest.raises(EvalError, match="^cannot reach the judge at .* \\(is it running\\?\\)$"):
+        check_judge(f"http://127.0.0.1:{free_port()}/v1", "fair")
+    arms = recorded_arms()
+    with pytest.raises(EvalError, match="^judge gpt-judge at .* answered 400"):
+        judge_pairs(arms.items[:2], arms.answers["base"], arms.answers["ad"], url, "gpt-judge", retries=0)
 
 
 def test_length_statistics_on_known_numbers():
