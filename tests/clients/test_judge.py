@@ -8,7 +8,7 @@ win rate near 50%; one that always names the first answer, the position warning;
 import json
 
 import pytest
-from helpers import free_port
+from helpers import API_KEY, free_port, write_rows
 
 from tuneship.clients.config import EvalSettings
 from tuneship.clients.data import EvalItem
@@ -159,3 +159,36 @@ def test_length_statistics_on_known_numbers():
     assert length_controlled_win_rate([1.0, 0.0, 1.0], [5, -3, 2]) is None  # one item shorter
     with pytest.raises(ValueError):
         length_bias([1.0], [1, 2], [3])
+
+
+def test_ab_with_a_length_loving_judge_on_the_live_server_shows_the_diagnostics(
+    live_server, stub_judge, ticket_rows, tmp_path
+):
+    """End to end: `tuneship ab` on the shared vLLM server, judged by the stub's `longer` judge."""
+    from click.testing import CliRunner
+
+    from tuneship.entrypoints.cli import cli
+
+    url, _ = stub_judge
+    data = write_rows(tmp_path / "eval.jsonl", ticket_rows[:16])
+    out = tmp_path / "ab"
+    args = ["ab", "--endpoint", live_server.url, "--api-key", API_KEY, "--data", str(data)]
+    args += ["--base", "tiny-base", "--adapter", "tiny-adapter", "--out", str(out), "--max-tokens", "16"]
+    args += ["--latency-requests", "0", "--judge-endpoint", url, "--judge-model", "longer"]
+    run = CliRunner().invoke(cli, args)
+    assert run.exit_code == 0, run.output
+    result = ABResult.model_validate_json((out / "results.json").read_text())
+    samples = [json.loads(line) for line in (out / "samples.jsonl").read_text().splitlines()]
+    length = {(s["arm"], s["id"]): len(s["output"]) for s in samples}
+    diffs = [length["tiny-adapter", i] - length["tiny-base", i] for i in {s["id"] for s in samples}]
+    bias = result.judge["tiny-adapter"].length
+    # Every pair of answers of different length is decided, for the longer one, in both orders.
+    assert (bias.adapter_longer, bias.adapter_shorter) == (
+        sum(d > 0 for d in diffs),
+        sum(d < 0 for d in diffs),
+    )
+    assert bias.decided == bias.longer_won == sum(d != 0 for d in diffs) > 0
+    assert f"the longer answer won {bias.decided} of {bias.decided} decided comparisons" in run.stdout
+    report = (out / "report.md").read_text()
+    assert judge_text(result) in report and judge_text(result) in run.stdout
+    assert bias.explains_verdict == any("favours the longer answer" in w for w in result.warnings)
