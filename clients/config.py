@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Literal
 
 from pydantic import ConfigDict, Field, model_validator
 
@@ -48,7 +49,9 @@ class EvalSettings(Settings):
     )
     api_key: str | None = Field(None, description="API key for the endpoint")
     limit: int | None = Field(None, ge=1, description="only the first N items")
-    concurrency: int = Field(16, ge=1, description="requests in flight")
+    concurrency: int = Field(
+        16, ge=1, description="requests in flight, in all (an A/B's arms take turns in one pool)"
+    )
     timeout: float = Field(120.0, gt=0, description="seconds per request")
     retries: int = Field(RETRIES, ge=0, description="retries on 429/5xx/connection errors (with backoff)")
     sampling: Sampling = Field(default_factory=Sampling, description="generation settings of every arm")
@@ -57,6 +60,11 @@ class EvalSettings(Settings):
     )
     margin: float | None = Field(
         None, ge=0, description="non-inferiority margin, in the primary metric's units"
+    )
+    noise_floor: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="A/B: add an A/A arm (the base again) to measure how far two runs of one model differ; "
+        "auto: on unless the server reports deterministic inference",
     )
     judge_endpoint: str | None = Field(
         None, description="OpenAI-compatible URL of a pairwise judge model (optional)"

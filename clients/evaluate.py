@@ -22,9 +22,24 @@ from tuneship.clients.data import EvalItem, load_items
 from tuneship.clients.judge import check_judge, judge_pairs, judge_summary
 from tuneship.clients.judge_bias import length_warning
 from tuneship.clients.latency import measure_latency
+from tuneship.clients.noise import (
+    mark_within_noise,
+    noise_floor,
+    repeat_label,
+    repeat_order,
+    server_determinism,
+    wants_repeat,
+)
 from tuneship.clients.report import write_ab_report, write_eval_report
-from tuneship.clients.results import ABResult, Comparison, EvalResult, JudgeSummary, LatencySummary
-from tuneship.clients.runner import generate, list_models
+from tuneship.clients.results import (
+    ABResult,
+    Comparison,
+    EvalResult,
+    JudgeSummary,
+    LatencySummary,
+    NoiseFloor,
+)
+from tuneship.clients.runner import ArmPlan, generate, generate_arms, list_models
 from tuneship.clients.scorers import Scorer, default_scorers, make_scorer
 from tuneship.clients.stats import adjust_holm, compare, judge_compare
 from tuneship.errors import EvalError
@@ -50,11 +65,22 @@ class Arms:
     """arm -> item id -> answer record (``output``, ``finish_reason``, ...)."""
     scores: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     """arm -> metric -> one score per item, in item order."""
+    repeat: str | None = None
+    """Label of the A/A arm (the base answering again, apart: ``clients/noise.py``), if any."""
+
+    @property
+    def models(self) -> list[str]:
+        """The served models, base first, each once (an A/A check names the base twice)."""
+        return list(dict.fromkeys([self.base, *self.adapters]))
 
     @property
     def names(self) -> list[str]:
-        """The arms, base first, each once (an A/A check names the base twice)."""
-        return list(dict.fromkeys([self.base, *self.adapters]))
+        """Every arm: the models, then the A/A repeat of the base."""
+        return self.models + ([self.repeat] if self.repeat else [])
+
+    def arm(self, adapter: str) -> str:
+        """The arm compared with the base for ``adapter``: the A/A repeat when it is the base."""
+        return self.repeat if adapter == self.base and self.repeat else adapter
 
 
 @dataclass
@@ -145,11 +171,33 @@ def check_adapters(models: dict[str, dict], base: str, adapters: list[str]) -> N
             raise EvalError(f"adapter {name!r} belongs to {parent!r}, not to the base {base!r}")
 
 
-def run_arms(settings: EvalSettings, items: list[EvalItem], base: str, adapters: list[str]) -> Arms:
-    """Answers of the base and every adapter on ``items`` (one progress bar per arm)."""
+def run_arms(
+    settings: EvalSettings, items: list[EvalItem], base: str, adapters: list[str], repeat: bool = False
+) -> Arms:
+    """Answers of the base, every adapter and (``repeat``, or the base named as an adapter) an A/A arm.
+
+    The arms take turns in one pool of ``settings.concurrency`` requests
+    (:func:`~tuneship.clients.runner.generate_arms`); each writes ``answers/ARM.jsonl``.
+
+    Raises:
+        EvalError: an adapter is named like the A/A arm, or a request failed.
+    """
+    from tqdm import tqdm
+
     arms = Arms(base, adapters, items, {})
-    for model in arms.names:
-        arms.answers[model] = _run_arm(settings, items, model)
+    if repeat or base in adapters:
+        arms.repeat = repeat_label(base)
+        if arms.repeat in adapters:
+            raise EvalError(f"{arms.repeat!r} is the A/A arm's name; serve the adapter under another name")
+    folder = Path(settings.out) / "answers"
+    plans = {model: ArmPlan(model, folder / f"{model}.jsonl") for model in arms.models}
+    if arms.repeat:
+        plans[arms.repeat] = ArmPlan(base, folder / f"{arms.repeat}.jsonl", repeat_order(len(items)))
+    s = settings
+    with tqdm(total=len(items) * len(plans), desc=", ".join(plans), unit="answer") as bar:
+        arms.answers = generate_arms(
+            items, plans, s.endpoint, s.sampling, s.api_key, s.concurrency, s.timeout, s.retries, bar.update
+        )
     return arms
 
 
@@ -160,7 +208,7 @@ def score(arms: Arms, scorers: list[Scorer]) -> Arms:
 
 
 def _compare_one(arms: Arms, adapter: str, scorer: Scorer, alpha: float, margin: float | None) -> Comparison:
-    base, ours = arms.scores[arms.base][scorer.name], arms.scores[adapter][scorer.name]
+    base, ours = arms.scores[arms.base][scorer.name], arms.scores[arms.arm(adapter)][scorer.name]
     c = compare(scorer.name, scorer.kind, base, ours, alpha, scorer.higher_is_better, margin)
     sign = 1 if scorer.higher_is_better else -1
     gains = [(item.id, sign * (a - b)) for item, b, a in zip(arms.items, base, ours, strict=True)]
@@ -179,7 +227,7 @@ def _by_tag(
         for tag in tags:
             idx = [k for k, item in enumerate(arms.items) if tag in item.tags]
             b = [arms.scores[arms.base][scorer.name][k] for k in idx]
-            a = [arms.scores[adapter][scorer.name][k] for k in idx]
+            a = [arms.scores[arms.arm(adapter)][scorer.name][k] for k in idx]
             cells.setdefault(adapter, {})[tag] = compare(
                 scorer.name, scorer.kind, b, a, alpha, scorer.higher_is_better, margin
             )
@@ -195,7 +243,7 @@ def _judge(settings: EvalSettings, arms: Arms, adapter: str, alpha: float) -> tu
     verdicts = judge_pairs(
         arms.items,
         arms.answers[arms.base],
-        arms.answers[adapter],
+        arms.answers[arms.arm(adapter)],
         s.judge_endpoint or "",
         s.judge_model or "",
         s.judge_api_key,
@@ -204,7 +252,7 @@ def _judge(settings: EvalSettings, arms: Arms, adapter: str, alpha: float) -> tu
         s.retries,
     )
     outcomes = [verdicts.outcomes[i.id] for i in arms.items]
-    arms.scores[adapter]["judge_win_rate"] = outcomes
+    arms.scores[arms.arm(adapter)]["judge_win_rate"] = outcomes
     return judge_compare(outcomes, alpha, s.margin), judge_summary(verdicts, alpha)
 
 
@@ -268,6 +316,19 @@ def _latency_ratios(
     return ratios
 
 
+def _noise(
+    settings: EvalSettings, arms: Arms, stats: ArmComparisons, scorers: list[Scorer], alpha: float
+) -> NoiseFloor | None:
+    """The A/A check of the base (None without a repeat arm); marks every comparison against its floor."""
+    if not arms.repeat:
+        return None
+    comparisons = [_compare_one(arms, arms.base, s, alpha, None) for s in scorers]
+    base, repeat = arms.answers[arms.base], arms.answers[arms.repeat]
+    noise = noise_floor(arms.repeat, base, repeat, comparisons, settings.concurrency)
+    mark_within_noise(stats.comparisons, noise.floor)
+    return noise
+
+
 def assemble(
     settings: EvalSettings,
     arms: Arms,
@@ -298,8 +359,10 @@ def assemble(
 def ab_compare(settings: EvalSettings, base: str, adapters: list[str], alpha: float = 0.05) -> ABResult:
     """Compare each adapter with the base on the same items, prompts and sampling settings.
 
-    Naming the base as its own adapter runs an A/A check: it must come out inconclusive.
-    Writes the answers and the reports under ``settings.out``.
+    Naming the base as its own adapter runs an A/A check: the base answers twice, as two
+    independent arms. ``settings.noise_floor`` adds that A/A arm to any comparison and marks each
+    difference within its noise floor (``clients/noise.py``). Writes the answers (one file per
+    arm) and the reports under ``settings.out``.
 
     Raises:
         EvalError: no adapter, a name not served or of another base, or a request that failed.
@@ -310,10 +373,19 @@ def ab_compare(settings: EvalSettings, base: str, adapters: list[str], alpha: fl
     check_adapters(list_models(settings.endpoint, settings.api_key), base, adapters)
     if settings.judge_endpoint and settings.judge_model:
         check_judge(settings.judge_endpoint, settings.judge_model, settings.judge_api_key)
+    determinism = server_determinism(settings.endpoint, settings.api_key)
     scorers = _scorers(settings, items)
-    arms = score(run_arms(settings, items, base, adapters), scorers)
+    repeat = wants_repeat(settings.noise_floor, determinism)
+    arms = score(run_arms(settings, items, base, adapters, repeat), scorers)
     stats = compare_arms(settings, arms, scorers, alpha)
-    latency = {arm: _latency(settings, items, arm) for arm in arms.names}
+    noise = _noise(settings, arms, stats, scorers, alpha)
+    latency = {arm: _latency(settings, items, arm) for arm in arms.models}
     result = assemble(settings, arms, stats, scorers[0], alpha, latency)
+    result.noise_floor, result.determinism = noise, determinism
+    if noise and determinism.deterministic and noise.answers_differ:
+        result.warnings.append(
+            f"WARNING: the server reports deterministic inference, yet the two arms of {base} "
+            f"answered {noise.answers_differ} of {noise.items} items differently"
+        )
     result.report = str(write_ab_report(Path(settings.out), result, items, arms.answers, arms.scores))
     return result

@@ -70,8 +70,11 @@ def render_report(name: str, **context: Any) -> str:
 
 
 def ab_table(result: ABResult) -> str:
-    """The A/B table in Markdown: one row per adapter and metric."""
-    return str(report_environment().get_template("tables.md.j2").module.comparison_table(result)).strip()
+    """The A/B table in Markdown: one row per adapter and metric, then the A/A noise floor and the
+    server's determinism (as ``report.md`` shows them)."""
+    tables = report_environment().get_template("tables.md.j2").module
+    table, noise = str(tables.comparison_table(result)).strip(), str(tables.noise_lines(result)).strip()
+    return f"{table}\n\n{noise}" if noise else table
 
 
 def judge_text(result: ABResult) -> str:
@@ -206,9 +209,10 @@ def write_ab_report(
         The path of report.md.
     """
     _write_data(out, result, items, answers, scores)
-    examples = {
-        a: _examples(items, answers, scores, result.base, a, result.primary_metric) for a in result.adapters
-    }
+    aa = result.noise_floor.arm if result.noise_floor else None  # the A/A arm answers for the base
+    arm = {a: aa if a == result.base and aa else a for a in result.adapters}
+    metric = result.primary_metric
+    examples = {a: _examples(items, answers, scores, result.base, arm[a], metric) for a in result.adapters}
     markdown = render_report("ab.md.j2", result=result, examples=examples)
     (out / REPORT_MD).write_text(markdown)
     means = {m: {arm: sum(scores[arm][m]) / len(items) for arm in answers} for m in scores[result.base]}

@@ -16,6 +16,7 @@ from typing import ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from tuneship.clients.config import FAIL_IF_POLICIES
+from tuneship.determinism import ServerDeterminism
 
 # 2: typed models with a published JSON Schema (1: hand-built dicts).
 SCHEMA_VERSION = 2
@@ -63,6 +64,10 @@ class Comparison(_Result):
     """Ids of a few items that improved (empty for per-tag cells)."""
     regressed_examples: list[str] = Field(default_factory=list)
     """Ids of a few items that regressed (empty for per-tag cells)."""
+    noise_floor: float | None = None
+    """The A/A noise floor of this metric, in its units (``NoiseFloor.floor``; None: not measured)."""
+    within_noise: bool | None = None
+    """``|diff| <= noise_floor``: two runs of the base alone differed this much (None: not measured)."""
 
 
 class LatencySummary(_Result):
@@ -156,6 +161,31 @@ class JudgeSummary(_Result):
     """How the judge's picks track answer length (None for a result written before it was measured)."""
 
 
+class NoiseFloor(_Result):
+    """An A/A check: the base answered twice, as two independent arms (see ``clients/noise.py``).
+
+    Both arms send their own requests with the same settings, in one pool with the other arms;
+    the repeat goes through the items from the middle, so that an item's two requests do not
+    ride in the same batch. Whatever differs between them is serving noise.
+    """
+
+    arm: str
+    """Label of the repeat arm; its answers are in ``answers/ARM.jsonl``, apart from the base's."""
+    items: int
+    """Items answered by both arms."""
+    answers_differ: int
+    """Items whose two answers are not identical."""
+    difference_rate: float
+    """``answers_differ / items``."""
+    concurrency: int
+    """Requests in flight in all, as the comparison ran."""
+    floor: dict[str, float]
+    """Per metric: the largest absolute bound of the A/A difference's 95% interval, in the metric's
+    units. A difference no larger than this also appears between two runs of the same model."""
+    comparisons: list[Comparison]
+    """Per metric: the repeat against the base (difference, interval, p-value)."""
+
+
 class EvalResult(_Result):
     """``tuneship eval``: one model scored on the data."""
 
@@ -206,6 +236,10 @@ class ABResult(_Result):
     """Per arm (base and adapters)."""
     latency_ratio: dict[str, dict[str, float]] = Field(default_factory=dict)
     """Per adapter: adapter / base for the p50 and p99 latencies and the throughput."""
+    noise_floor: NoiseFloor | None = None
+    """The A/A check of the base (None: ``--noise-floor off``, or skipped on a deterministic server)."""
+    determinism: ServerDeterminism | None = None
+    """Whether the measured server had deterministic (batch-invariant) inference, as it reports it."""
     report: str | None = Field(default=None, exclude=True)
     """Path of ``report.md`` (not saved in results.json)."""
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -67,29 +68,60 @@ def _read_done(path: Path, sampling: Sampling) -> dict[str, dict]:
     return done
 
 
+@dataclass(frozen=True)
+class ArmPlan:
+    """One arm of a comparison as the runner sends it."""
+
+    model: str
+    """The served model that answers."""
+    out: Path
+    """The JSONL file its answers are appended to (and resumed from); one per arm."""
+    order: tuple[int, ...] | None = None
+    """The order this arm goes through the items, as indices (None: as given)."""
+
+
+def interleave(queues: dict[str, list[EvalItem]]) -> list[tuple[str, EvalItem]]:
+    """Requests in sending order: the arms take turns (a1 b1 a1' a2 b2 a2' ...) until all are sent."""
+    longest = max((len(q) for q in queues.values()), default=0)
+    return [(arm, q[k]) for k in range(longest) for arm, q in queues.items() if k < len(q)]
+
+
 async def _generate_all(
-    items: list[EvalItem],
-    model: str,
+    requests: list[tuple[str, EvalItem]],
+    arms: dict[str, ArmPlan],
     client: Any,
     sampling: Sampling,
-    out: Path,
     concurrency: int,
     progress: Any,
 ) -> None:
-    semaphore = asyncio.Semaphore(concurrency)
+    """Send ``requests`` in order through one pool of ``concurrency`` slots; record each answer.
 
-    async def one(item: EvalItem) -> dict:
+    The semaphore wakes waiters first in, first out, and every task is created up front, so
+    requests are sent exactly in list order; ``request`` in each record is that position.
+    """
+    import openai
+
+    semaphore = asyncio.Semaphore(concurrency)
+    sent = 0
+
+    async def one(arm: str, item: EvalItem) -> tuple[str, dict]:
+        nonlocal sent
+        model = arms[arm].model
         async with semaphore:
-            started = time.perf_counter()
-            response = await client.chat.completions.create(
-                model=model,
-                messages=item.messages,
-                temperature=sampling.temperature,
-                max_tokens=sampling.max_tokens,
-                seed=sampling.seed,
-            )
+            sent += 1
+            order, sent_at, started = sent - 1, time.time(), time.perf_counter()
+            try:
+                response = await client.chat.completions.create(
+                    model=model,
+                    messages=item.messages,
+                    temperature=sampling.temperature,
+                    max_tokens=sampling.max_tokens,
+                    seed=sampling.seed,
+                )
+            except openai.APIStatusError as e:
+                raise EvalError(f"{model}: the server answered {e.status_code}: {e.message}") from None
             choice = response.choices[0]
-            return {
+            return arm, {
                 "id": item.id,
                 "model": model,
                 "sampling": sampling.key(),
@@ -97,17 +129,79 @@ async def _generate_all(
                 "finish_reason": choice.finish_reason,
                 "latency_s": round(time.perf_counter() - started, 4),
                 "completion_tokens": response.usage.completion_tokens if response.usage else None,
+                "request": order,
+                "sent_at": round(sent_at, 4),
             }
 
-    with out.open("a") as f:
-        if out.stat().st_size and not out.read_bytes().endswith(b"\n"):
-            f.write("\n")  # end a line cut short by an interruption so the next record stays whole
-        for task in asyncio.as_completed([one(item) for item in items]):
-            record = await task
-            f.write(json.dumps(record) + "\n")
-            f.flush()
+    files = {arm: plan.out.open("a") for arm, plan in arms.items()}
+    try:
+        for arm, f in files.items():
+            out = arms[arm].out
+            if out.stat().st_size and not out.read_bytes().endswith(b"\n"):
+                f.write("\n")  # end a line cut short by an interruption so the next record stays whole
+        tasks = [asyncio.create_task(one(arm, item)) for arm, item in requests]
+        for task in asyncio.as_completed(tasks):
+            arm, record = await task
+            files[arm].write(json.dumps(record) + "\n")
+            files[arm].flush()
             if progress:
                 progress()
+    finally:
+        for f in files.values():
+            f.close()
+
+
+def generate_arms(
+    items: list[EvalItem],
+    arms: dict[str, ArmPlan],
+    endpoint: str,
+    sampling: Sampling,
+    api_key: str | None = None,
+    concurrency: int = 16,
+    timeout: float = 120,
+    retries: int = RETRIES,
+    progress: Any = None,
+) -> dict[str, dict[str, dict]]:
+    """Answers of every arm for every item (resuming from each arm's file), arms interleaved.
+
+    All arms share one pool of ``concurrency`` requests and take turns in sending order, so
+    each arm meets the same server load and none runs on an idle server (the order is in each
+    record: ``request``, its position, and ``sent_at``, Unix seconds).
+
+    Returns:
+        {arm: {item id: record with ``output``, ``finish_reason``, ``latency_s``, ``completion_tokens``}}.
+
+    Raises:
+        EvalError: the connection was lost, or the server refused a request (after retries).
+    """
+    import openai
+
+    queues: dict[str, list[EvalItem]] = {}
+    for arm, plan in arms.items():
+        plan.out.parent.mkdir(parents=True, exist_ok=True)
+        done = _read_done(plan.out, sampling)
+        ordered = [items[k] for k in plan.order] if plan.order is not None else items
+        queues[arm] = [item for item in ordered if item.id not in done]
+        if progress:
+            for _ in range(len(items) - len(queues[arm])):
+                progress()
+    requests = interleave(queues)
+
+    async def run() -> None:
+        client = make_client(endpoint, api_key, timeout, retries)
+        async with client:
+            await _generate_all(requests, arms, client, sampling, concurrency, progress)
+
+    if requests:
+        try:
+            asyncio.run(run())
+        except openai.APIConnectionError:
+            raise EvalError(f"lost the connection to {endpoint}; rerun to resume") from None
+    answers = {}
+    for arm, plan in arms.items():
+        done = _read_done(plan.out, sampling)
+        answers[arm] = {item.id: done[item.id] for item in items}
+    return answers
 
 
 def generate(
@@ -136,26 +230,6 @@ def generate(
     Raises:
         EvalError: the connection was lost, or the server refused a request (after retries).
     """
-    import openai
-
-    out.parent.mkdir(parents=True, exist_ok=True)
-    done = _read_done(out, sampling)
-    todo = [item for item in items if item.id not in done]
-    if progress:
-        for _ in range(len(items) - len(todo)):
-            progress()
-
-    async def run() -> None:
-        client = make_client(endpoint, api_key, timeout, retries)
-        async with client:
-            await _generate_all(todo, model, client, sampling, out, concurrency, progress)
-
-    if todo:
-        try:
-            asyncio.run(run())
-        except openai.APIConnectionError:
-            raise EvalError(f"lost the connection to {endpoint}; rerun to resume") from None
-        except openai.APIStatusError as e:
-            raise EvalError(f"{model}: the server answered {e.status_code}: {e.message}") from None
-    done = _read_done(out, sampling)
-    return {item.id: done[item.id] for item in items}
+    arms = {model: ArmPlan(model, out)}
+    s = (endpoint, sampling, api_key, concurrency, timeout, retries, progress)
+    return generate_arms(items, arms, *s)[model]

@@ -98,13 +98,14 @@ def permutation_p(diffs: Sequence[float], resamples: int = PERMUTATION_RESAMPLES
         seed: seed of the random patterns.
 
     Returns:
-        The p-value; 1.0 when every difference is zero.
+        The p-value; 1.0 when every difference is zero, and for a single item (its two sign
+        patterns are equally extreme: the exact p-value, where scipy refuses one observation).
     """
     import numpy as np
     from scipy.stats import permutation_test
 
     x = np.asarray(diffs, dtype=float)
-    if not x.any():
+    if not x.any() or len(x) < 2:
         return 1.0
     result = permutation_test(
         (x,),

@@ -9,6 +9,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from tuneship.determinism import ServerDeterminism
+
 # Served stop rate may fall short of the reference's by this much before it is flagged.
 STOP_TOLERANCE = 0.25
 # Of the prompts where the adapter changes the reference's answer, at least this share
@@ -117,5 +119,7 @@ class FidelityResult(_Record):
     """Served base model the applied check compared with (None: not checked)."""
     max_tokens: int
     checks: FidelityChecks
+    determinism: ServerDeterminism | None = None
+    """Whether the server had deterministic (batch-invariant) inference, as it reports it."""
     report: str | None = Field(default=None, exclude=True)
     """Path of fidelity.md (not saved in fidelity.json)."""

@@ -31,6 +31,7 @@ import httpx
 
 from tuneship.artifacts import ADAPTER_DIR, RUN_CONFIG, read_yaml
 from tuneship.chat import end_of_turn_id, render_prompt, run_chat_template, served_messages, stop_token_ids
+from tuneship.clients.noise import server_determinism
 from tuneship.clients.report import one_line, render_report
 from tuneship.clients.runner import list_models, make_client
 from tuneship.entrypoints.config import FidelitySettings
@@ -284,6 +285,7 @@ def verify_fidelity(settings: FidelitySettings) -> FidelityResult:
         base_model=base_model,
         max_tokens=settings.max_tokens,
         checks=checks,
+        determinism=server_determinism(settings.endpoint, settings.api_key),
     )
     out = Path(settings.out) if settings.out else run_dir / "fidelity"
     out.mkdir(parents=True, exist_ok=True)

@@ -49,6 +49,11 @@ class ServeConfig(Settings):
         default_factory=list, description="extra flag passed to vLLM as is (repeatable)"
     )
     startup_timeout: float = Field(600.0, gt=0, description="seconds to wait for the server to become ready")
+    deterministic: bool = Field(
+        False,
+        description="batch-invariant inference (VLLM_BATCH_INVARIANT): an answer does not depend on "
+        "the batch it ran in; refused where vLLM has no such mode (CPU)",
+    )
 
     @field_validator("adapters")
     @classmethod

@@ -27,6 +27,7 @@ import httpx
 
 from tuneship.adapters import adapter_hash, fitting_max_lora_rank
 from tuneship.artifacts import MANIFEST
+from tuneship.determinism import BATCH_INVARIANT_ENV
 from tuneship.errors import ArtifactError, ServerError, TuneshipError
 from tuneship.models import ResolvedBase, resolve_base
 from tuneship.serve.capacity import (
@@ -47,6 +48,8 @@ from tuneship.serve.guard import (
     SERVED_NAME_ENV,
     TEMPLATE_SHA_ENV,
 )
+from tuneship.serve.info import MIDDLEWARE as INFO_MIDDLEWARE
+from tuneship.serve.info import check_deterministic
 from tuneship.serve.registry import Registry, check_served
 from tuneship.serve.stopping import plan_stopping
 from tuneship.serve.templates import applied_chat_template, served_chat_template
@@ -132,6 +135,7 @@ def build_vllm_args(
         args += ["--lora-modules", *(f"{name}={path}" for name, path in adapters.items())]
     if config.hot_loading:
         args += ["--middleware", "tuneship.serve.guard.RegistryGuard"]
+    args += ["--middleware", INFO_MIDDLEWARE]  # GET /v1/tuneship/server: is inference deterministic?
     if chat_template:
         args += ["--chat-template", chat_template]
     return args + list(config.extra_args)
@@ -163,6 +167,7 @@ class VLLMServer:
         template_text = applied_chat_template(config, self.base, self.chat_template)
         self.stopping = plan_stopping(self.base.path, template_text, config.served_name or self.base.name)
         self.gpu = has_cuda()
+        self.determinism = check_deterministic(config.deterministic)  # refused where vLLM has none
         local_paths = {name: str(Path(path).resolve()) for name, path in self.adapters.items()}
         template = self.chat_template.file
         self.args = build_vllm_args(
@@ -192,6 +197,7 @@ class VLLMServer:
         notes = [self.chat_template.describe(), context_note(self.config.max_model_len, self.context, served)]
         slots = slots_note(self.config.max_loras, len(self.adapters), self.config.hot_loading)
         notes += [n for n in (self.stopping.note, slots) if n]
+        notes.append(f"Inference: {self.determinism.describe()}")
         notes += [f"Adapter {name}: {note}" for name, r in self.reports.items() for note in r.notes]
         if self.config.hot_loading:
             notes.append(f"Hot loading: on, from {self.config.registry} only (tuneship adapters load NAME)")
@@ -242,6 +248,8 @@ class VLLMServer:
                 env[TEMPLATE_SHA_ENV] = self.chat_template.sha256
             live = {name: adapter_hash(Path(path)) for name, path in self.adapters.items()}
             env[LIVE_ENV] = json.dumps(live)
+        if self.config.deterministic:
+            env[BATCH_INVARIANT_ENV] = "1"
         env["VLLM_CPU_KVCACHE_SPACE"] = str(self.config.kv_cache_gb)
         env.update(HF_HUB_OFFLINE="1", VLLM_NO_USAGE_STATS="1", DO_NOT_TRACK="1")
         return env

@@ -16,7 +16,7 @@ from tuneship.entrypoints.config import FidelitySettings
 # Short or historic flag names of evaluation settings (the field's own name works too).
 FLAGS = {"scorers": "--scorer"}
 # Settings only an A/B comparison uses.
-AB_ONLY = ("margin", "judge_endpoint", "judge_model", "judge_api_key")
+AB_ONLY = ("margin", "noise_floor", "judge_endpoint", "judge_model", "judge_api_key")
 
 
 def eval_options(

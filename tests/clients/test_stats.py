@@ -99,7 +99,10 @@ def test_degenerate_samples_give_a_point_interval_without_warnings():
         assert bootstrap_ci([1.0]) == (1.0, 1.0)
         assert permutation_p([0.0] * 5) == 1.0
         one = compare("exact", "binary", [0.0], [1.0])
+        alone = compare("chrf", "continuous", [20.0], [35.0])  # a tag with one item (scipy refuses n=1)
     assert (one.ci_low, one.ci_high, one.p_value, one.verdict) == (1.0, 1.0, 1.0, "inconclusive")
+    assert (alone.diff, alone.ci_low, alone.ci_high) == (15, 15, 15)
+    assert (alone.p_value, alone.verdict) == (1.0, "inconclusive")
 
 
 def test_comparisons_are_reproducible():

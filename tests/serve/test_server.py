@@ -39,7 +39,10 @@ def test_vllm_arguments_follow_the_adapters(tiny_base, tiny_run):
     assert args[args.index("--max-loras") + 1] == "1"
     assert f"a={tiny_run.adapter_dir.resolve()}" in args
     assert server.environment()["VLLM_CPU_KVCACHE_SPACE"] == "2"
-    assert "--middleware" not in args and "VLLM_ALLOW_RUNTIME_LORA_UPDATING" not in server.environment()
+    assert "tuneship.serve.guard.RegistryGuard" not in args
+    assert "VLLM_ALLOW_RUNTIME_LORA_UPDATING" not in server.environment()
+    assert "VLLM_BATCH_INVARIANT" not in server.environment()
+    assert args[args.index("--middleware") + 1] == "tuneship.serve.info.ServerInfo"  # GET /v1/tuneship/server
 
 
 def test_hot_loading_needs_registry_and_key_and_keeps_the_key_off_the_command_line(
@@ -48,7 +51,7 @@ def test_hot_loading_needs_registry_and_key_and_keeps_the_key_off_the_command_li
     monkeypatch.setenv("VLLM_LORA_RESOLVER_CACHE_DIR", "/")  # vLLM's unchecked resolver: never inherited
     keyless = VLLMServer(ServeConfig(base=str(tiny_base), registry=str(registry.root), port=9))
     assert {"tiny-adapter", "tiny-alt"} <= set(keyless.adapters)
-    assert "--middleware" not in keyless.args
+    assert "tuneship.serve.guard.RegistryGuard" not in keyless.args
     assert "Hot loading: off" in "\n".join(keyless.notes())
     server = VLLMServer(ServeConfig(base=str(tiny_base), registry=str(registry.root), api_key="k", port=9))
     env = server.environment()
