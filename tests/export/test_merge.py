@@ -69,7 +69,7 @@ def test_export_carries_the_training_template_and_a_model_card(merged, tiny_run)
     card = (merged.out / "README.md").read_text()
     assert "tiny-llama" in card and "Parity with base + adapter" in card and "| Method | lora |" in card
     assert str(read_json(tiny_run.adapter_dir / "tuneship.json")["data"]["sha256"])[:16] in card
-    assert "| lora_r | 8 |" in card and "| steps | 12 |" in card
+    assert "| lora_r | 8 |" in card and "| steps | 30 |" in card
 
 
 def test_model_card_front_matter_is_what_the_hub_reads(merged):

@@ -34,7 +34,7 @@ def test_lora_run_changes_adapter_not_base(tiny_base, tiny_run):
 
 def test_run_directory_records_config_lineage_and_metrics(tiny_base, tiny_run):
     record = read_yaml(tiny_run.run_dir / "run.yaml")
-    assert record["config"]["max_steps"] == 12
+    assert record["config"]["max_steps"] == 30
     lineage = record["lineage"]
     assert lineage["base_model"]["path"] == str(tiny_base)
     assert len(lineage["base_model"]["weights_sha256"]) == 64
@@ -45,7 +45,7 @@ def test_run_directory_records_config_lineage_and_metrics(tiny_base, tiny_run):
     )
     assert {"torch", "transformers", "peft", "trl"} <= set(lineage["versions"])
     # similar lengths: padding (measured) is cheaper than packing on CPU, so auto pads
-    assert record["result"]["steps"] == 12 and record["result"]["packing"] is False
+    assert record["result"]["steps"] == 30 and record["result"]["packing"] is False
     assert 0 < record["result"]["padding_fraction"] < 0.25
     assert read_json(tiny_run.adapter_dir / "tuneship.json") == lineage
     metrics = [json.loads(line) for line in (tiny_run.run_dir / "metrics.jsonl").read_text().splitlines()]
