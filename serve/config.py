@@ -49,6 +49,12 @@ class ServeConfig(Settings):
         default_factory=list, description="extra flag passed to vLLM as is (repeatable)"
     )
     startup_timeout: float = Field(600.0, gt=0, description="seconds to wait for the server to become ready")
+    eager: bool = Field(
+        False,
+        description="skip vLLM's torch.compile warm-up (--enforce-eager): starts sooner, decodes slower. "
+        "On CPU only servers without LoRA compile; SmolLM2-135M merged was ready in 66 s instead "
+        "of 210 s on 2 cores, decoding 11% slower",
+    )
     deterministic: bool = Field(
         False,
         description="batch-invariant inference (VLLM_BATCH_INVARIANT): an answer does not depend on "

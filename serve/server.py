@@ -138,6 +138,8 @@ def build_vllm_args(
     args += ["--middleware", INFO_MIDDLEWARE]  # GET /v1/tuneship/server: is inference deterministic?
     if chat_template:
         args += ["--chat-template", chat_template]
+    if config.eager:
+        args.append("--enforce-eager")
     return args + list(config.extra_args)
 
 

@@ -43,6 +43,9 @@ def test_vllm_arguments_follow_the_adapters(tiny_base, tiny_run):
     assert "VLLM_ALLOW_RUNTIME_LORA_UPDATING" not in server.environment()
     assert "VLLM_BATCH_INVARIANT" not in server.environment()
     assert args[args.index("--middleware") + 1] == "tuneship.serve.info.ServerInfo"  # GET /v1/tuneship/server
+    assert "--enforce-eager" not in args
+    eager = VLLMServer(ServeConfig(base=str(tiny_base), eager=True, port=9)).args
+    assert eager.count("--enforce-eager") == 1
 
 
 def test_hot_loading_needs_registry_and_key_and_keeps_the_key_off_the_command_line(
@@ -146,7 +149,7 @@ def test_serve_merged_export_answers_like_the_adapter_and_stops_cleanly(
     port = free_port()
     command = [sys.executable, "-m", "tuneship.entrypoints.cli", "serve", "--merged", str(tiny_export.out)]
     command += ["--port", str(port), "--kv-cache-gb", "1", "--max-model-len", "512"]
-    command += ["--log-file", str(tmp_path / "serve.log")]
+    command += ["--log-file", str(tmp_path / "serve.log"), "--eager"]  # no LoRA: vLLM-CPU would compile
     cli = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         lines = []
