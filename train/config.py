@@ -14,7 +14,12 @@ from pydantic import Field, field_validator, model_validator
 from tuneship.config import Settings, refuse
 from tuneship.train.data import DataFormat
 
-Method = Literal["lora", "dora", "qlora", "full", "prompt-tuning"]
+Method = Literal["lora", "dora", "qlora", "full", "prompt-tuning", "dpo"]
+# TRL 1.16's DPO losses (DPOConfig.loss_type), less 'exo_pair', which needs label smoothing > 0.
+DPOLoss = Literal[
+    "sigmoid", "hinge", "ipo", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot", "aot_unpaired",
+    "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm",
+]  # fmt: skip
 
 
 class TrainConfig(Settings):
@@ -29,7 +34,11 @@ class TrainConfig(Settings):
     loss_on: Literal["assistant", "all"] = Field(
         "assistant", description="tokens that carry loss: the answers only, or every token"
     )
-    method: Method = Field("lora", description="dora is served merged only; qlora trains on a 4-bit NF4 base")
+    method: Method = Field(
+        "lora",
+        description="dora is served merged only; qlora trains on a 4-bit NF4 base; "
+        "dpo trains a LoRA on preference pairs",
+    )
     lora_r: int = Field(16, ge=1, description="LoRA rank")
     lora_alpha: int = Field(32, ge=1, description="LoRA alpha (scaling = alpha / r)")
     lora_dropout: float = Field(
@@ -37,6 +46,17 @@ class TrainConfig(Settings):
     )
     target_modules: str = Field(
         "all-linear", description="modules to adapt: 'all-linear' or comma-separated names"
+    )
+    beta: float = Field(
+        0.1, gt=0, description="dpo: how far from the reference the adapter may move (higher: less)"
+    )
+    loss_type: DPOLoss = Field(
+        "sigmoid", description="dpo: TRL's preference loss (sigmoid is the DPO paper's)"
+    )
+    init_adapter: str = Field(
+        "",
+        description="dpo: start from this run's (or adapter directory's) LoRA, which is also the reference "
+        "(default: a new LoRA on the base)",
     )
     num_virtual_tokens: int = Field(20, ge=1, description="prompt tuning: number of virtual tokens")
     learning_rate: float = Field(2e-4, gt=0, description="peak learning rate (cosine schedule, 5% warm-up)")
@@ -76,7 +96,7 @@ class TrainConfig(Settings):
     def _detected(cls, value: object) -> object:
         return value or None  # "" (older run records) means detected
 
-    @field_validator("data", "eval_data", "chat_template")
+    @field_validator("data", "eval_data", "chat_template", "init_adapter")
     @classmethod
     def _absolute(cls, value: str) -> str:
         """The run record must work from anywhere: file settings are stored absolute."""
@@ -91,6 +111,10 @@ class TrainConfig(Settings):
             problems.append("max_steps/epochs: nothing to train")
         if self.chat_template and not Path(self.chat_template).is_file():
             problems.append(f"chat_template: {self.chat_template} is not a file")
+        if self.init_adapter and self.method != "dpo":
+            problems.append("init_adapter: only --method dpo starts from an adapter")
+        if self.init_adapter and not Path(self.init_adapter).is_dir():
+            problems.append(f"init_adapter: {self.init_adapter} is not a directory (a run or an adapter)")
         refuse(problems)
         return self
 

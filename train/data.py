@@ -8,6 +8,12 @@ Files: JSONL, JSON (a list of rows), CSV, Parquet, and local ``datasets`` direct
   * ``alpaca``:            {"instruction": str, "input"?: str, "output": str, "system"?: str}
   * ``sharegpt``:          {"conversations": [{"from": "human"|"gpt"|"system", "value": str}, ...]}
   * ``text``:              {"text": str} (plain text: language modelling on the whole row)
+  * ``openai-dpo``:        {"input": {"messages", "tools"?}, "preferred_output": [assistant message],
+                           "non_preferred_output": [assistant message]} (OpenAI's preference format)
+  * ``preference``:        {"prompt"?, "chosen", "rejected"}: strings or message lists (Hugging Face/TRL)
+
+The last two are preference pairs (:mod:`tuneship.train.preference`) for ``--method dpo``: a
+:class:`PreferenceExample` holds the prompt's messages and the two answers.
 
 Every chat format becomes one list of chat messages (an :class:`Example`), so every
 conversation is rendered by the model's chat template, the same one the server applies at
@@ -30,11 +36,14 @@ from typing import Any, Literal, get_args
 from tuneship.errors import DataError, RowError
 from tuneship.rows import read_rows, require_object
 from tuneship.train.messages import check_messages, check_tools, from_sharegpt
+from tuneship.train.preference import PREFERENCE_FORMATS, PreferenceExample, to_preference
 
 log = logging.getLogger(__name__)
 
 # The data formats, written once: the config's choice type, and FORMATS for messages.
-DataFormat = Literal["messages", "prompt-completion", "alpaca", "sharegpt", "text"]
+DataFormat = Literal[
+    "messages", "prompt-completion", "alpaca", "sharegpt", "text", "openai-dpo", "preference"
+]
 FORMATS: tuple[str, ...] = get_args(DataFormat)
 # The keys that tell each format (for messages about a row that fits none).
 FORMAT_KEYS = {
@@ -43,6 +52,8 @@ FORMAT_KEYS = {
     "alpaca": "instruction/output",
     "prompt-completion": "prompt/completion",
     "text": "text",
+    "openai-dpo": "input/preferred_output/non_preferred_output",
+    "preference": "prompt/chosen/rejected",
 }
 MAX_REPORTED = 20
 
@@ -68,7 +79,7 @@ class TextExample:
 class Dataset:
     path: Path
     format: str | None  # None: no row fits a format
-    examples: list[Example | TextExample]
+    examples: list[Example | TextExample | PreferenceExample]
     problems: list[str] = field(default_factory=list)  # ``file:line: reason`` of every invalid row
     rows: int = 0  # rows read, valid or not
 
@@ -79,6 +90,10 @@ def detect_format(row: Any) -> str | None:
         return None
     if "messages" in row:
         return "messages"
+    if "preferred_output" in row or "non_preferred_output" in row:
+        return "openai-dpo"
+    if "chosen" in row or "rejected" in row:
+        return "preference"
     if "conversations" in row:
         return "sharegpt"
     if "instruction" in row or "output" in row:
@@ -90,7 +105,9 @@ def detect_format(row: Any) -> str | None:
     return None
 
 
-def to_example(row: Any, where: str, fmt: str, detected_from: str | None = None) -> Example | TextExample:
+def to_example(
+    row: Any, where: str, fmt: str, detected_from: str | None = None
+) -> Example | TextExample | PreferenceExample:
     """One checked example of format ``fmt``, or RowError.
 
     ``detected_from`` is the ``file:line`` the format was detected from (None: chosen by the
@@ -108,6 +125,8 @@ def to_example(row: Any, where: str, fmt: str, detected_from: str | None = None)
         )
     if fmt == "text":
         return TextExample(where, _text(row, "text"))
+    if fmt in PREFERENCE_FORMATS:
+        return to_preference(row, fmt, where)
     return Example(where, to_messages(row, fmt), check_tools(row) if fmt == "messages" else None)
 
 
@@ -164,7 +183,7 @@ def read_dataset(path: Path | str, fmt: str | None = None) -> Dataset:
     if fmt is None:
         found = ((where, detect_format(row)) for where, _, row in rows if not isinstance(row, RowError))
         detected_from, fmt = next(((where, f) for where, f in found if f), ("", None))
-    examples: list[Example | TextExample] = []
+    examples: list[Example | TextExample | PreferenceExample] = []
     problems: list[str] = []
     seen: dict[str, str] = {}
     for where, _, row in rows:
@@ -175,14 +194,22 @@ def read_dataset(path: Path | str, fmt: str | None = None) -> Dataset:
         except RowError as e:
             problems.append(f"{where}: {e}")
             continue
-        content = example.text if isinstance(example, TextExample) else [example.messages, example.tools]
-        key = json.dumps(content, sort_keys=True)
+        key = json.dumps(_content(example), sort_keys=True)
         if key in seen:
             problems.append(f"{where}: exact duplicate of {seen[key]}")
             continue
         seen[key] = where
         examples.append(example)
     return Dataset(path, fmt, examples, problems, rows=len(rows))
+
+
+def _content(example: Example | TextExample | PreferenceExample) -> Any:
+    """What makes two examples the same (exact duplicates are refused)."""
+    if isinstance(example, TextExample):
+        return example.text
+    if isinstance(example, PreferenceExample):
+        return [example.prompt, example.chosen, example.rejected, example.tools]
+    return [example.messages, example.tools]
 
 
 def load_dataset(path: Path | str, fmt: str | None = None, skip_invalid: bool = False) -> Dataset:

@@ -17,7 +17,15 @@ from tuneship.errors import DataError
 from tuneship.models import resolve_base
 from tuneship.train.config import TrainConfig
 from tuneship.train.data import MAX_REPORTED, read_dataset
-from tuneship.train.render import IGNORE, TokenStats, render_example, render_examples, show_loss_tokens
+from tuneship.train.preference import PreferenceExample
+from tuneship.train.render import (
+    IGNORE,
+    TokenStats,
+    render_example,
+    render_examples,
+    render_pair,
+    show_loss_tokens,
+)
 
 TRAINED_STYLE = "green on grey15"
 
@@ -28,6 +36,7 @@ class ShownExample(BaseModel):
     where: str = Field(description="file:line of the row")
     pieces: list[tuple[str, bool]] = Field(description="decoded text pieces, true where they carry loss")
     trained_tokens: int = Field(description="tokens of the example that carry loss")
+    rejected: str | None = Field(None, description="a preference pair's rejected answer, as rendered")
 
 
 class DataCheck(BaseModel):
@@ -90,7 +99,15 @@ class DataCheck(BaseModel):
         for piece, trained in example.pieces:
             text.append(f"«{piece}»" if trained else piece, style=TRAINED_STYLE if trained else "dim")
         title = f"\nExample ({escape(example.where)}); [{TRAINED_STYLE}]«marked»[/] text carries loss:"
-        return [title, text]
+        if example.rejected is None:
+            return [title, text]
+        rejected = Text(f"«{example.rejected}»", style="red on grey15")
+        return [
+            title.replace("Example", "Example pair"),
+            text,
+            "Rejected answer (instead of the marked one):",
+            rejected,
+        ]
 
     def _verdict(self) -> str:
         invalid = len(self.problems)
@@ -139,7 +156,10 @@ def check_data(config: TrainConfig) -> DataCheck:
         ids, labels = render_example(first, tokenizer, template, config.loss_on)
         shown = show_loss_tokens(ids, labels, tokenizer)
         trained = sum(label != IGNORE for label in labels)
-        example = ShownExample(where=first.where, pieces=shown, trained_tokens=trained)
+        rejected = None
+        if isinstance(first, PreferenceExample):
+            rejected = tokenizer.decode(render_pair(first, tokenizer, template).rejected_ids)
+        example = ShownExample(where=first.where, pieces=shown, trained_tokens=trained, rejected=rejected)
     own = f"the tokenizer's own of {model.name}"
     chat = data.format != "text" and template
     turn = chat and end_of_turn_warning(tokenizer, model.path, template, model.name)

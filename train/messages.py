@@ -230,7 +230,7 @@ _NEXT = {
 }
 
 
-def _check_order(clean: list[dict], key: str) -> None:
+def _check_order(clean: list[dict], key: str, prompt: bool = False) -> None:
     state = "start"
     first = next((i for i, m in enumerate(clean) if m["role"] not in SYSTEM_ROLES), len(clean))
     for i in range(first, len(clean)):
@@ -243,17 +243,22 @@ def _check_order(clean: list[dict], key: str) -> None:
             expected = " or ".join(_NEXT[state])
             raise RowError(f"wrong turn order: {key}[{i}] is {role}, expected {expected} ({rule})")
         state = "calls" if clean[i].get("tool_calls") else role
+    if prompt:  # the context of a preference pair: its answers follow
+        if first == len(clean) or state not in ("user", "tool"):
+            raise RowError(f"'{key}' must end with a user turn or tool results (the answers follow it)")
+        return
     if first == len(clean) or clean[-1]["role"] != "assistant":
         raise RowError("no assistant turn at the end (nothing to learn)")
     if not any(m["weight"] for m in clean if m["role"] == "assistant"):
         raise RowError("every assistant turn has weight 0 (nothing to learn)")
 
 
-def check_messages(messages: Any, key: str = "messages") -> list[dict]:
+def check_messages(messages: Any, key: str = "messages", prompt: bool = False) -> list[dict]:
     """Check and normalise one conversation (see the module docstring for what is accepted).
 
-    ``key`` names the list in messages (``messages[2] (tool): ...``). Raises RowError with the
-    first problem found.
+    ``key`` names the list in messages (``messages[2] (tool): ...``); ``prompt``: the conversation
+    is a preference pair's prompt, which ends with a user turn or tool results instead of an
+    answer. Raises RowError with the first problem found.
     """
     if not isinstance(messages, list) or not messages:
         raise RowError(f"'{key}' must be a non-empty list")
@@ -263,8 +268,21 @@ def check_messages(messages: Any, key: str = "messages") -> list[dict]:
         clean.append(_message(m, key, i, last_calls))
         if clean[-1]["role"] == "assistant":
             last_calls = clean[-1].get("tool_calls", [])
-    _check_order(clean, key)
+    _check_order(clean, key, prompt)
     return clean
+
+
+def check_answer(messages: Any, key: str) -> dict:
+    """One answer of a preference pair, normalised and trained (weight 1): a list holding exactly
+    one assistant message (OpenAI's ``preferred_output``, a conversational ``chosen``). Raises RowError."""
+    if not isinstance(messages, list) or not messages:
+        raise RowError(f"'{key}' must be a list holding one assistant message")
+    if len(messages) != 1:
+        raise RowError(f"'{key}' holds {len(messages)} messages; an answer is exactly one assistant message")
+    message = _message(messages[0], key, 0, [])
+    if message["role"] != "assistant":
+        raise RowError(f"{key}[0] is a {message['role']} message; an answer is an assistant message")
+    return {**message, "weight": 1}
 
 
 def _tool(tool: Any, where: str) -> dict:

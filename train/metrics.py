@@ -45,7 +45,11 @@ def read_metrics(path: Path) -> list[dict]:
 
 
 def write_loss_plot(metrics: Path, out: Path) -> Path | None:
-    """Train and held-out loss against steps, as a PNG at ``out``; None when nothing was logged."""
+    """Train and held-out loss against steps, as a PNG at ``out``; None when nothing was logged.
+
+    A DPO run gets a second panel: reward accuracy and margin (train and held-out, against the
+    reference) and the held-out preference accuracy (:mod:`tuneship.train.preference_trainer`).
+    """
     rows = read_metrics(metrics)
     train = [(r["step"], r["loss"]) for r in rows if "loss" in r]
     held_out = [(r["step"], r["eval_loss"]) for r in rows if "eval_loss" in r]
@@ -56,7 +60,9 @@ def write_loss_plot(metrics: Path, out: Path) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=100)
+    preference = any("rewards/accuracies" in r for r in rows)
+    fig, axes = plt.subplots(1, 2 if preference else 1, figsize=(11 if preference else 6, 3.5), dpi=100)
+    ax = axes[0] if preference else axes
     ax.plot(*zip(*train, strict=True), label="train loss")
     if held_out:
         ax.plot(*zip(*held_out, strict=True), "o-", label="held-out loss")
@@ -64,7 +70,30 @@ def write_loss_plot(metrics: Path, out: Path) -> Path | None:
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
     ax.legend()
+    if preference:
+        _plot_preference(axes[1], rows)
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)
     return out
+
+
+# DPO's curves: (metrics key, label, line style); held-out ones are drawn with markers.
+PREFERENCE_CURVES = (
+    ("rewards/accuracies", "reward accuracy", "-"),
+    ("eval_rewards/accuracies", "held-out reward accuracy", "o-"),
+    ("eval_preference_accuracy", "held-out preference accuracy", "s-"),
+    ("rewards/margins", "reward margin", "--"),
+    ("eval_rewards/margins", "held-out reward margin", "o--"),
+)
+
+
+def _plot_preference(ax: Any, rows: list[dict]) -> None:
+    for key, label, style in PREFERENCE_CURVES:
+        points = [(r["step"], r[key]) for r in rows if key in r]
+        if points:
+            ax.plot(*zip(*points, strict=True), style, label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel("accuracy / margin")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small")

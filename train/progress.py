@@ -65,6 +65,10 @@ class RichProgress(TrainerCallback):  # type: ignore[misc]
             self.stats["loss"] = f"loss {logs['loss']:.3f}"
         if "eval_loss" in logs:
             self.stats["eval"] = f"held-out {logs['eval_loss']:.3f}"
+        if "rewards/accuracies" in logs:  # DPO: against the reference
+            self.stats["reward"] = f"reward acc {logs['rewards/accuracies']:.2f}"
+        if "eval_preference_accuracy" in logs:
+            self.stats["preference"] = f"held-out pref acc {logs['eval_preference_accuracy']:.2f}"
         if "tokens_per_second" in logs:
             self.stats["rate"] = f"{logs['tokens_per_second']:.0f} tokens/s"
         self.progress.update(self.task, stats=", ".join(self.stats.values()))

@@ -4,7 +4,9 @@ The template and the trained spans come from :mod:`tuneship.chat` (the one owner
 chat template). Labels are built here, not from the pad token, so the end-of-turn token
 is trained even when pad == eos. A plain-text row (:class:`TextExample`) is language
 modelling: no template, every token trained, the end-of-sequence token appended so the
-model learns where a text ends.
+model learns where a text ends. A preference pair (:class:`PreferenceExample`) becomes the
+prompt's ids and each answer's ids (:class:`RenderedPair`), cut where the trained span of
+the conversation with that answer begins.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 from tuneship.chat import UnrenderedRow, trained_spans
 from tuneship.errors import DataError
 from tuneship.train.data import Dataset, Example, TextExample, raise_or_skip
+from tuneship.train.preference import PreferenceExample
 
 IGNORE = -100
 LOSS_ON = ("assistant", "all")
@@ -26,6 +29,23 @@ class Rendered:
     where: str
     input_ids: list[int]
     labels: list[int]
+
+    def __len__(self) -> int:
+        return len(self.input_ids)
+
+
+@dataclass
+class RenderedPair:
+    """A preference pair as token ids: the prompt, then each answer with its end of turn."""
+
+    where: str
+    prompt_ids: list[int]
+    chosen_ids: list[int]
+    rejected_ids: list[int]
+
+    def __len__(self) -> int:
+        """Tokens of the longer of the two sequences (prompt + answer): what max_length bounds."""
+        return len(self.prompt_ids) + max(len(self.chosen_ids), len(self.rejected_ids))
 
 
 @dataclass
@@ -91,16 +111,41 @@ def render_text(text: str, tokenizer: Any) -> tuple[list[int], list[int]]:
     return ids, list(ids)
 
 
+def render_pair(example: PreferenceExample, tokenizer: Any, chat_template: str | None = None) -> RenderedPair:
+    """The pair's prompt ids and answer ids, rendered as training renders a conversation.
+
+    Each answer's ids are its trained span (the answer and its end of turn) in the rendered
+    prompt + answer; the prompt is what precedes both (their common prefix, should a template
+    render them differently). Raises UnrenderedRow as :func:`render` does.
+    """
+    sequences = []
+    for answer in (example.chosen, example.rejected):
+        ids, labels, _ = render(
+            example.conversation(answer), tokenizer, chat_template, "assistant", example.tools
+        )
+        trained = [k for k, label in enumerate(labels) if label != IGNORE]
+        sequences.append((ids, trained[0], trained[-1] + 1))
+    (chosen, c_start, c_end), (rejected, r_start, r_end) = sequences
+    shared = 0
+    while shared < min(c_start, r_start) and chosen[shared] == rejected[shared]:
+        shared += 1
+    return RenderedPair(example.where, chosen[:shared], chosen[shared:c_end], rejected[shared:r_end])
+
+
 def render_example(
-    example: Example | TextExample,
+    example: Example | TextExample | PreferenceExample,
     tokenizer: Any,
     chat_template: str | None = None,
     loss_on: str = "assistant",
 ) -> tuple[list[int], list[int]]:
     """Token ids and labels of one example: a conversation through the chat template, a text
-    row as language modelling (``loss_on`` does not apply: every token is trained)."""
+    row as language modelling (``loss_on`` does not apply: every token is trained), a preference
+    pair as its prompt and chosen answer (the answer carries the loss)."""
     if isinstance(example, TextExample):
         return render_text(example.text, tokenizer)
+    if isinstance(example, PreferenceExample):
+        pair = render_pair(example, tokenizer, chat_template)
+        return pair.prompt_ids + pair.chosen_ids, [IGNORE] * len(pair.prompt_ids) + pair.chosen_ids
     ids, labels, _ = render(example.messages, tokenizer, chat_template, loss_on, example.tools)
     return ids, labels
 
@@ -111,27 +156,44 @@ def render_examples(
     max_length: int,
     chat_template: str | None = None,
     loss_on: str = "assistant",
-) -> tuple[list[Rendered], TokenStats | None, list[str]]:
+) -> tuple[list[Rendered | RenderedPair], TokenStats | None, list[str]]:
     """Render every example, refusing none: (those that fit, token statistics of all, the
     ``file:line: reason`` of those longer than ``max_length`` or with tools the chat template leaves
-    out). Statistics are None when no example renders."""
+    out). Statistics are None when no example renders. A preference pair's length is its longer
+    sequence (prompt + answer); both of its answers carry loss."""
     if loss_on not in LOSS_ON:
         raise DataError(f"loss_on must be one of {', '.join(LOSS_ON)}")
-    rendered, problems, lengths = [], [], []
+    rendered: list[Rendered | RenderedPair] = []
+    problems, lengths = [], []
     trained = 0
     for example in data.examples:
         try:
-            ids, labels = render_example(example, tokenizer, chat_template, loss_on)
+            one = _render_one(example, tokenizer, chat_template, loss_on)
         except UnrenderedRow as e:  # tools the template leaves out: that row's problem
             problems.append(f"{example.where}: {e}")
             continue
-        lengths.append(len(ids))
-        if len(ids) > max_length:
-            problems.append(f"{example.where}: {len(ids)} tokens, longer than max_length {max_length}")
+        lengths.append(len(one))
+        if len(one) > max_length:
+            problems.append(f"{example.where}: {len(one)} tokens, longer than max_length {max_length}")
             continue
-        trained += sum(label != IGNORE for label in labels)
-        rendered.append(Rendered(example.where, ids, labels))
+        if isinstance(one, RenderedPair):
+            trained += len(one.chosen_ids) + len(one.rejected_ids)
+        else:
+            trained += sum(label != IGNORE for label in one.labels)
+        rendered.append(one)
     return rendered, token_stats(lengths, max_length, trained) if lengths else None, problems
+
+
+def _render_one(
+    example: Example | TextExample | PreferenceExample,
+    tokenizer: Any,
+    chat_template: str | None,
+    loss_on: str,
+) -> Rendered | RenderedPair:
+    if isinstance(example, PreferenceExample):
+        return render_pair(example, tokenizer, chat_template)
+    ids, labels = render_example(example, tokenizer, chat_template, loss_on)
+    return Rendered(example.where, ids, labels)
 
 
 def render_dataset(
@@ -141,7 +203,7 @@ def render_dataset(
     chat_template: str | None = None,
     loss_on: str = "assistant",
     skip_invalid: bool = False,
-) -> tuple[list[Rendered], TokenStats]:
+) -> tuple[list[Rendered | RenderedPair], TokenStats]:
     """Render every example; those longer than ``max_length`` are invalid rows too.
 
     Raises DataError naming them unless ``skip_invalid``, and when no example fits.

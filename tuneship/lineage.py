@@ -40,13 +40,26 @@ class DataRecord(BaseModel):
     skipped: int = Field(0, description="invalid rows dropped with --skip-invalid")
 
 
+class AdapterOrigin(BaseModel):
+    """The adapter a run started from (``--init-adapter``: DPO on top of an SFT run)."""
+
+    path: str = Field(description="the adapter directory read")
+    sha256: str = Field(description="its content hash: config and weights (tuneship.adapters.adapter_hash)")
+    method: str | None = Field(None, description="the method that trained it, from its own lineage")
+
+
 class Lineage(BaseModel):
     """Typed ``tuneship.json``. Unknown keys from newer versions are kept, not dropped."""
 
     model_config = ConfigDict(extra="allow")
 
     kind: Kind = Field(description="what the directory holds")
-    method: str | None = Field(None, description="training method (lora, qlora, dora, full, prompt-tuning)")
+    method: str | None = Field(
+        None, description="training method (lora, qlora, dora, full, prompt-tuning, dpo)"
+    )
+    init_adapter: AdapterOrigin | None = Field(
+        None, description="the adapter training started from (and DPO's reference); None: the base"
+    )
     base_model: BaseIdentity | None = Field(None, description="the base it was trained on")
     data: DataRecord | None = Field(None, description="the training data")
     chat_template_sha256: str | None = Field(None, description="sha256 of the template examples used")

@@ -26,7 +26,9 @@ def train(config_file: str | None, resume: bool, force: bool, **overrides: Any) 
     """Train an adapter (or a full model) on a dataset; writes runs/NAME/.
 
     Data: JSONL, JSON, CSV, Parquet or a datasets directory, in messages, prompt/completion,
-    alpaca, sharegpt or text format. Every row is checked before any model loads.
+    alpaca, sharegpt or text format, or preference pairs for --method dpo (OpenAI's
+    input/preferred_output/non_preferred_output, or prompt/chosen/rejected). Every row is
+    checked before any model loads.
     """
     from tuneship.train.sft import is_main_process, train_model
 
@@ -37,6 +39,12 @@ def train(config_file: str | None, resume: bool, force: bool, **overrides: Any) 
     s = result.summary
     held_out = f", held-out loss {s['eval_loss']}" if s["eval_loss"] is not None else ""
     click.echo(f"Trained {s['steps']} steps, train loss {s['train_loss']}{held_out}")
+    if s.get("preference_accuracy") is not None:  # dpo with held-out pairs
+        click.echo(
+            f"Held-out pairs: preference accuracy {s['preference_accuracy_start']} -> "
+            f"{s['preference_accuracy']}, reward accuracy {s['reward_accuracy']}, "
+            f"reward margin {s['reward_margin']}"
+        )
     click.echo(f"Output: {result.adapter_dir}")
     click.echo(f"Run record: {result.run_dir / 'run.yaml'} (loss plot: {result.run_dir / 'loss.png'})")
 

@@ -214,7 +214,7 @@ def test_settings_publish_a_json_schema():
 
     schema = TrainConfig.model_json_schema()
     assert schema["required"] == ["data"]
-    assert schema["properties"]["method"]["enum"] == ["lora", "dora", "qlora", "full", "prompt-tuning"]
+    assert schema["properties"]["method"]["enum"] == ["lora", "dora", "qlora", "full", "prompt-tuning", "dpo"]
     assert schema["properties"]["lora_r"]["minimum"] == 1
     assert all(p.get("description") for p in schema["properties"].values())
     assert ServeConfig.model_json_schema()["properties"]["port"]["default"] == 8000
