@@ -146,7 +146,7 @@ def test_flag_help_is_the_description_and_default():
 
     result = CliRunner().invoke(train, ["--help"], terminal_width=200)
     assert "--lora-r INTEGER" in result.output and "LoRA rank  [default: 16]" in result.output
-    assert "--method [lora|dora|qlora|full|prompt-tuning]" in result.output
+    assert "--method [lora|dora|qlora|full|prompt-tuning|dpo]" in result.output
 
 
 def test_a_bad_choice_is_one_clear_line(tmp_path):
