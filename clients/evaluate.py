@@ -159,15 +159,19 @@ def evaluate(settings: EvalSettings, model: str) -> EvalResult:
 def check_adapters(models: dict[str, dict], base: str, adapters: list[str]) -> None:
     """Refuse names that are not served, and adapters whose ``parent`` is another base.
 
+    The "base" may itself be an adapter (a DPO run against the SFT adapter it started from, a new
+    version against the one in production): then adapters of the same base model compare with it.
+
     Raises:
         EvalError: naming the problem and what is served.
     """
     missing = [m for m in [base, *adapters] if m not in models]
     if missing:
         raise EvalError(f"not served: {', '.join(missing)} (served: {', '.join(models)})")
+    comparable = {base, models[base].get("parent") or base}
     for name in adapters:
         parent = models[name].get("parent")
-        if name != base and parent is not None and parent != base:
+        if name != base and parent is not None and parent not in comparable:
             raise EvalError(f"adapter {name!r} belongs to {parent!r}, not to the base {base!r}")
 
 

@@ -250,11 +250,19 @@ class ABResult(_Result):
     def failing(self, policy: str) -> list[str]:
         """Adapters whose primary-metric verdict fails the CI gate ``policy`` (a key of FAIL_IF_POLICIES).
 
+        A "better" whose difference is within the A/A noise floor (``within_noise``) counts as
+        "inconclusive": two runs of the base alone differ as much, so it proves no improvement.
+
         Raises:
             KeyError: an unknown policy.
         """
         bad = FAIL_IF_POLICIES[policy]
-        return [a for a in self.comparisons if self.primary(a).verdict in bad]
+
+        def verdict(adapter: str) -> str:
+            primary = self.primary(adapter)
+            return "inconclusive" if primary.verdict == "better" and primary.within_noise else primary.verdict
+
+        return [a for a in self.comparisons if verdict(a) in bad]
 
 
 PUBLISHED: dict[str, type[BaseModel]] = {

@@ -59,7 +59,8 @@ def eval_(model: str, out: str | None, **options: Any) -> None:
 @click.option(
     "--fail-if",
     type=click.Choice(list(FAIL_IF_POLICIES)),
-    help="exit 1 when an adapter's primary-metric verdict is this (a CI gate)",
+    help="exit 1 when an adapter's primary-metric verdict is this (a CI gate; a 'better' within "
+    "the A/A noise floor counts as inconclusive)",
 )
 @eval_options("reports/ab")
 @friendly_errors

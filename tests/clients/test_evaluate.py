@@ -142,6 +142,12 @@ def test_unknown_model_and_wrong_parent_are_refused(live_server, eval_file, tmp_
         evaluate(settings, "nope")
     with pytest.raises(EvalError, match="belongs to 'tiny-base', not to the base 'other'"):
         check_adapters({"other": {}, "tiny-adapter": {"parent": "tiny-base"}}, "other", ["tiny-adapter"])
+    # Two adapters of one base compare with each other (the "base" named being an adapter) ...
+    siblings = {"tiny-base": {}, "v1": {"parent": "tiny-base"}, "v2": {"parent": "tiny-base"}}
+    check_adapters(siblings, "v1", ["v2"])
+    # ... but not with an adapter of another base.
+    with pytest.raises(EvalError, match="'v3' belongs to 'other', not to the base 'v1'"):
+        check_adapters({**siblings, "v3": {"parent": "other"}}, "v1", ["v3"])
 
 
 def test_unreachable_endpoint_is_a_clear_error(eval_file, tmp_path):

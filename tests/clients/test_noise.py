@@ -131,6 +131,12 @@ def test_an_effect_within_the_floor_is_marked_and_one_beyond_it_is_not():
     mark_within_noise(comparisons, noise.floor)
     assert small.verdict == "better" and small.within_noise is True and small.noise_floor == floor
     assert large.within_noise is False and judged.within_noise is None and judged.noise_floor is None
+    # The CI gate: a "better" inside the floor proves no improvement; one beyond it does.
+    from tuneship.clients.results import ABResult
+
+    result = ABResult.model_construct(primary_metric="chrf", comparisons=comparisons)
+    assert result.failing("not-better") == ["small"] and result.failing("inconclusive") == ["small"]
+    assert result.failing("worse") == []
 
 
 def test_batch_invariant_inference_is_where_vllm_has_it():

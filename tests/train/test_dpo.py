@@ -179,38 +179,91 @@ def dpo_config(tiny_base, pairs, runs, name, **overrides):
 
 
 @pytest.fixture(scope="module")
-def dpo_run(tiny_base, pairs, tmp_path_factory):
-    """DPO from the base: a new LoRA, the base as reference."""
-    config = dpo_config(
-        tiny_base, pairs, tmp_path_factory.mktemp("dpo-runs"), "ok", max_steps=20, eval_steps=20
+def rule_sft(tiny_base, tmp_path_factory):
+    """The usual starting point of DPO: an SFT adapter, here one that answers like the rejected
+    answers ("Sure checking now.") and never starts with "OK"."""
+    rows = [
+        {
+            "messages": [
+                {"role": "user", "content": PROMPTS[i]},
+                {"role": "assistant", "content": answers(i)[1]},
+            ]
+        }
+        for i in range(N_TRAIN)
+    ]
+    work = tmp_path_factory.mktemp("rule-sft")
+    data = write_rows(work / "sft.jsonl", rows)
+    return train_model(
+        tiny_config(tiny_base, data, work, "sft", max_steps=30, batch_size=8, learning_rate=1e-2)
     )
-    return train_model(config)
 
 
-def test_dpo_raises_held_out_preference_accuracy(dpo_run):
+@pytest.fixture(scope="module")
+def dpo_run(rule_sft, tiny_base, pairs, tmp_path_factory):
+    """DPO on top of the SFT adapter, which is the reference. The base is the adapter's own
+    (``default`` is not taken literally) and its LoRA settings apply (``lora_r=16`` is not).
+
+    A random tiny model's next-token logits are near-ties, so DPO straight from the base can make
+    "OK" the greedy answer by a margin that bf16 serving loses; from the SFT start, 12 steps put
+    "OK" first on all 16 held-out prompts, at least 0.57 logits ahead (measured with HF, fp32).
+    """
+    runs = tmp_path_factory.mktemp("dpo-runs")
+    config = dpo_config(
+        tiny_base,
+        pairs,
+        runs,
+        "ok",
+        init_adapter=str(rule_sft.run_dir),
+        learning_rate=1e-2,
+        max_steps=12,
+        eval_steps=12,
+        lora_r=16,
+    )
+    return train_model(config.model_copy(update={"base": "default"}))
+
+
+def test_dpo_raises_held_out_preference_accuracy_from_its_starting_adapter(dpo_run, rule_sft):
     s = dpo_run.summary
-    assert s["steps"] == 20 and s["preference_accuracy_start"] <= 0.75, s
+    assert s["steps"] == 12 and s["preference_accuracy_start"] <= 0.25, s
     assert s["preference_accuracy"] >= 0.9 and s["reward_accuracy"] >= 0.9 and s["reward_margin"] > 0, s
     metrics = read_metrics(dpo_run.run_dir / "metrics.jsonl")
     start = next(m for m in metrics if "eval_preference_accuracy" in m)
-    assert start["step"] == 0 and start["eval_rewards/margins"] == 0.0  # policy == reference at the start
+    # The reference is the SFT adapter, not the base: at the start, policy and reference agree.
+    assert start["step"] == 0 and start["eval_rewards/margins"] == 0.0
+    assert start["eval_rewards/accuracies"] == 0.0
     trained = [m for m in metrics if "rewards/accuracies" in m and "loss" in m]
     assert trained and {"rewards/margins", "tokens_per_second"} <= set(trained[-1])
     assert (dpo_run.run_dir / "loss.png").read_bytes()[:4] == b"\x89PNG"
     record = read_yaml(dpo_run.run_dir / "run.yaml")
     assert record["config"]["method"] == "dpo" and record["config"]["beta"] == 0.1
-    assert record["lineage"]["method"] == "dpo" and record["lineage"]["data"]["format"] == "openai-dpo"
-    assert "init_adapter" not in record["lineage"]
+    lineage = read_json(dpo_run.adapter_dir / "tuneship.json")
+    assert lineage["method"] == "dpo" and lineage["data"]["format"] == "openai-dpo"
+    assert lineage["init_adapter"] == {
+        "path": str(rule_sft.adapter_dir),
+        "sha256": adapter_hash(rule_sft.adapter_dir),
+        "method": "lora",
+    }
+    assert (
+        lineage["base_model"]["path"]
+        == read_json(rule_sft.adapter_dir / "tuneship.json")["base_model"]["path"]
+    )
+    assert read_json(dpo_run.adapter_dir / "adapter_config.json")["r"] == 8  # the SFT adapter's rank
+    assert not (dpo_run.adapter_dir / "ref").exists(), "TRL's reference copy is not part of the adapter"
+    before = load_file(str(rule_sft.adapter_dir / "adapter_model.safetensors"))
+    after = load_file(str(dpo_run.adapter_dir / "adapter_model.safetensors"))
+    assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
     assert check_adapter(dpo_run.adapter_dir).ok
 
 
-def test_served_dpo_adapter_follows_the_rule_more_often_than_the_base(
-    dpo_run, live_server, registry, tmp_path
+def test_served_dpo_adapter_follows_the_rule_more_often_than_its_start(
+    dpo_run, rule_sft, live_server, registry, tmp_path
 ):
+    """``tuneship ab`` of the DPO adapter against the SFT adapter it started from, both hot-loaded."""
     from tuneship.serve.control import load
 
-    registry.add("dpo-ok", dpo_run.run_dir)
-    load(live_server.url, "dpo-ok", registry.root, API_KEY)
+    for name, run in (("rule-sft", rule_sft), ("dpo-ok", dpo_run)):
+        registry.add(name, run.run_dir)
+        load(live_server.url, name, registry.root, API_KEY)
     items = [
         {
             "messages": [
@@ -222,34 +275,23 @@ def test_served_dpo_adapter_follows_the_rule_more_often_than_the_base(
     ]
     data = write_rows(tmp_path / "eval.jsonl", items)
     command = [sys.executable, "-m", "tuneship.entrypoints.cli", "ab", "--endpoint", live_server.url]
-    command += ["--api-key", API_KEY, "--data", str(data), "--base", "tiny-base", "--adapter", "dpo-ok"]
+    command += ["--api-key", API_KEY, "--data", str(data), "--base", "rule-sft", "--adapter", "dpo-ok"]
     command += ["--scorer", "regex:^OK", "--max-tokens", "8", "--latency-requests", "0"]
     command += ["--out", str(tmp_path / "ab"), "--fail-if", "not-better"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     comparison = json.loads((tmp_path / "ab" / "results.json").read_text())["comparisons"]["dpo-ok"][0]
     assert comparison["metric"] == "regex:^OK" and comparison["verdict"] == "better", comparison
-    assert comparison["adapter_mean"] > comparison["base_mean"] and comparison["p_value"] < 0.05
+    assert comparison["base_mean"] <= 0.25 and comparison["adapter_mean"] >= 0.75, comparison
+    assert comparison["p_value"] < 0.05 and comparison["within_noise"] is False, comparison
 
 
-def test_dpo_on_top_of_an_sft_adapter_keeps_it_as_reference(tiny_base, tiny_run, pairs, tmp_path):
-    config = dpo_config(tiny_base, pairs, tmp_path, "on-sft", init_adapter=str(tiny_run.run_dir), lora_r=16)
-    config = config.model_copy(update={"base": "default", "max_steps": 4})  # the adapter's own base
-    result = train_model(config)
+def test_dpo_from_the_base_is_a_new_lora_with_the_base_as_reference(tiny_base, pairs, tmp_path):
+    result = train_model(dpo_config(tiny_base, pairs, tmp_path, "from-base", max_steps=2, eval_steps=2))
     lineage = read_json(result.adapter_dir / "tuneship.json")
-    assert lineage["init_adapter"] == {
-        "path": str(tiny_run.adapter_dir),
-        "sha256": adapter_hash(tiny_run.adapter_dir),
-        "method": "lora",
-    }
-    assert lineage["base_model"]["path"] == str(tiny_base) and lineage["method"] == "dpo"
+    assert lineage["method"] == "dpo" and "init_adapter" not in lineage
+    assert lineage["base_model"]["path"] == str(tiny_base)
     start = next(m for m in read_metrics(result.run_dir / "metrics.jsonl") if m["step"] == 0)
-    # The reference is the SFT adapter, not the base: at the start, policy and reference agree.
-    assert start["eval_rewards/margins"] == 0.0 and start["eval_rewards/accuracies"] == 0.0
-    sft_config = read_json(tiny_run.adapter_dir / "adapter_config.json")
-    assert read_json(result.adapter_dir / "adapter_config.json")["r"] == sft_config["r"] == 8
-    assert not (result.adapter_dir / "ref").exists(), "TRL's reference copy is not part of the adapter"
-    before = load_file(str(tiny_run.adapter_dir / "adapter_model.safetensors"))
-    after = load_file(str(result.adapter_dir / "adapter_model.safetensors"))
-    assert before.keys() == after.keys() and any(not torch.equal(before[k], after[k]) for k in before)
-    assert check_adapter(result.adapter_dir).ok
+    assert start["eval_rewards/margins"] == 0.0  # the reference is the base: the adapter starts at B = 0
+    assert read_json(result.adapter_dir / "adapter_config.json")["r"] == 8
+    assert result.summary["steps"] == 2 and check_adapter(result.adapter_dir).ok
