@@ -12,6 +12,8 @@ Outputs (train: 600 rows, eval: 150 held-out rows, disjoint ticket texts):
     tickets/eval.jsonl            chat ``messages`` form
     tickets/train.prompt.jsonl    ``prompt``/``completion`` form of the same rows
     tickets/eval.prompt.jsonl     ``prompt``/``completion`` form of the same rows
+    tickets/train.pairs.jsonl     preference pairs (OpenAI's DPO format) of the same rows: the
+    tickets/eval.pairs.jsonl      right answer preferred to one with a wrong priority
 """
 
 from __future__ import annotations
@@ -143,6 +145,17 @@ def to_prompt(row: dict) -> dict:
     return {"prompt": f"{SYSTEM}\n\nTicket: {row['ticket']}", "completion": row["answer"]}
 
 
+def to_pair(row: dict, rng: random.Random) -> dict:
+    """OpenAI's preference format: the right answer over the same JSON with another priority."""
+    wrong = rng.choice([p for p in sorted(URGENCY) if p != row["priority"]])
+    rejected = json.loads(row["answer"]) | {"priority": wrong}
+    return {
+        "input": {"messages": to_messages(row)["messages"][:2]},
+        "preferred_output": [{"role": "assistant", "content": row["answer"]}],
+        "non_preferred_output": [{"role": "assistant", "content": json.dumps(rejected)}],
+    }
+
+
 def generate(n_train: int, n_eval: int, seed: int = SEED) -> tuple[list[dict], list[dict]]:
     """Rows with unique ticket texts; eval texts never occur in train."""
     rng = random.Random(seed)
@@ -171,9 +184,11 @@ def main() -> None:
     args = parser.parse_args()
     train, held_out = generate(args.train, args.eval, args.seed)
     args.out.mkdir(parents=True, exist_ok=True)
+    pairs = random.Random(args.seed + 1)  # its own stream: the other files stay as they were
     for split, rows in (("train", train), ("eval", held_out)):
         write_jsonl(args.out / f"{split}.jsonl", [to_messages(r) for r in rows])
         write_jsonl(args.out / f"{split}.prompt.jsonl", [to_prompt(r) for r in rows])
+        write_jsonl(args.out / f"{split}.pairs.jsonl", [to_pair(r, pairs) for r in rows])
     print(f"wrote {len(train)} train and {len(held_out)} eval rows to {args.out}")
 
 
