@@ -168,7 +168,7 @@ def check_adapters(models: dict[str, dict], base: str, adapters: list[str]) -> N
     missing = [m for m in [base, *adapters] if m not in models]
     if missing:
         raise EvalError(f"not served: {', '.join(missing)} (served: {', '.join(models)})")
-    comparable = {base, models[base].get("parent") or base}
+    comparable = {base, models[base].get("parent")} - {None}
     for name in adapters:
         parent = models[name].get("parent")
         if name != base and parent is not None and parent not in comparable:

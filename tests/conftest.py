@@ -12,7 +12,15 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers import TICKETS, make_adapter, make_tiny_llama, registry_server_config, tiny_config, write_rows
+from helpers import (
+    STRONG_RUN,
+    TICKETS,
+    make_adapter,
+    make_tiny_llama,
+    registry_server_config,
+    tiny_config,
+    write_rows,
+)
 
 
 @pytest.fixture(scope="session")
@@ -68,12 +76,7 @@ def ticket_rows() -> list[dict]:
 
 @pytest.fixture(scope="session")
 def tiny_run(tiny_base: Path, ticket_rows: list[dict], tmp_path_factory: pytest.TempPathFactory):
-    """A short LoRA run on the tiny base, strong enough that the adapter clearly matters.
-
-    Measured with greedy decoding of 12 tokens on the first 12 ticket items (chrF): the base
-    scores 0; 12 steps at 5e-3 reach 5.7 (under the A/A noise floor vLLM-CPU shows for this
-    random base, about 4.8); 30 steps at 1e-2 reach 38.5 for about 7 s more training.
-    """
+    """A short LoRA run on the tiny base, strong enough that the adapter clearly matters (STRONG_RUN)."""
     from tuneship.train.sft import train_model
 
     work = tmp_path_factory.mktemp("tiny-run")
@@ -83,9 +86,7 @@ def tiny_run(tiny_base: Path, ticket_rows: list[dict], tmp_path_factory: pytest.
         data,
         work / "runs",
         "tiny",
-        max_steps=30,
-        batch_size=8,
-        learning_rate=1e-2,
+        **STRONG_RUN,
         logging_steps=2,
         save_steps=15,
         eval_fraction=0.1,

@@ -23,6 +23,13 @@ def write_rows(path: Path, rows: list[dict]) -> Path:
     return path
 
 
+# A LoRA run on the tiny base that clearly changes its answers. Measured with greedy decoding of
+# 12 tokens on the first 12 ticket items (chrF): the base scores 0; 12 steps at 5e-3 reach 5.7
+# (under the A/A noise floor vLLM-CPU shows for this random base, about 4.8); these settings
+# reach 38.5 for about 7 s more training.
+STRONG_RUN = dict(max_steps=30, batch_size=8, learning_rate=1e-2)
+
+
 def tiny_config(tiny_base: Path, data: Path, runs: Path, name: str, **overrides):
     """A TrainConfig for a short LoRA run on the tiny base (high learning rate, fp32)."""
     from tuneship.config import load_config

@@ -12,7 +12,7 @@ from typing import get_args
 
 import pytest
 import torch
-from helpers import API_KEY, tiny_config, write_rows
+from helpers import API_KEY, STRONG_RUN, tiny_config, write_rows
 from safetensors.torch import load_file
 
 from tuneship.adapters import adapter_hash, check_adapter
@@ -193,9 +193,7 @@ def rule_sft(tiny_base, tmp_path_factory):
     ]
     work = tmp_path_factory.mktemp("rule-sft")
     data = write_rows(work / "sft.jsonl", rows)
-    return train_model(
-        tiny_config(tiny_base, data, work, "sft", max_steps=30, batch_size=8, learning_rate=1e-2)
-    )
+    return train_model(tiny_config(tiny_base, data, work, "sft", **STRONG_RUN))
 
 
 @pytest.fixture(scope="module")
