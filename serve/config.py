@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, field_validator, model_validator
 
 from tuneship.adapters import VLLM_LORA_RANKS
@@ -49,6 +51,11 @@ class ServeConfig(Settings):
         default_factory=list, description="extra flag passed to vLLM as is (repeatable)"
     )
     startup_timeout: float = Field(600.0, gt=0, description="seconds to wait for the server to become ready")
+    dtype: Literal["auto", "bfloat16", "float16", "float32"] = Field(
+        "auto",
+        description="weights and compute dtype; auto: vLLM's choice, except float32 on a CPU without "
+        "bf16 instructions (AVX-512 BF16 or AMX), where bf16 is emulated and ~3x slower to serve",
+    )
     eager: bool = Field(
         False,
         description="skip vLLM's torch.compile warm-up (--enforce-eager): starts sooner, decodes slower. "

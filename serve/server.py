@@ -39,6 +39,7 @@ from tuneship.serve.capacity import (
     slots_note,
 )
 from tuneship.serve.config import ServeConfig
+from tuneship.serve.engine import MERGED_SPEEDUP, engine_notes, serving_dtype
 from tuneship.serve.guard import (
     BASE_PATH_ENV,
     BASE_SHA_ENV,
@@ -57,11 +58,6 @@ from tuneship.serve.templates import applied_chat_template, served_chat_template
 # Engine settings a user's own environment may override.
 CPU_DEFAULTS = ("VLLM_CPU_KVCACHE_SPACE", "HF_HUB_OFFLINE", "VLLM_NO_USAGE_STATS", "DO_NOT_TRACK")
 # Measured with bench/serve_throughput.py (see the README); the serve command repeats it.
-MERGED_SPEEDUP = (
-    "(tuneship export RUN --out DIR; tuneship serve --merged DIR: "
-    "measured 3.1x (1 request) to 6.4x (16 at once) the output tokens/s of LoRA serving "
-    "on 2 CPU threads, bench/serve_throughput.py)"
-)
 
 
 def has_cuda() -> bool:
@@ -140,6 +136,9 @@ def build_vllm_args(
         args += ["--chat-template", chat_template]
     if config.eager:
         args.append("--enforce-eager")
+    dtype = serving_dtype(config.dtype, gpu)
+    if dtype and not any(a.split("=")[0] == "--dtype" for a in config.extra_args):
+        args += ["--dtype", dtype]
     return args + list(config.extra_args)
 
 
@@ -200,6 +199,7 @@ class VLLMServer:
         slots = slots_note(self.config.max_loras, len(self.adapters), self.config.hot_loading)
         notes += [n for n in (self.stopping.note, slots) if n]
         notes.append(f"Inference: {self.determinism.describe()}")
+        notes += engine_notes(self.config.dtype, self.gpu, bool(self.adapters) or self.config.hot_loading)
         notes += [f"Adapter {name}: {note}" for name, r in self.reports.items() for note in r.notes]
         if self.config.hot_loading:
             notes.append(f"Hot loading: on, from {self.config.registry} only (tuneship adapters load NAME)")

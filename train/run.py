@@ -33,7 +33,7 @@ from tuneship.artifacts import (
 from tuneship.chat import resolve_chat_template, template_sha256
 from tuneship.errors import ArtifactError
 from tuneship.lineage import AdapterOrigin, DataRecord, Lineage, write_lineage
-from tuneship.models import ResolvedBase
+from tuneship.models import ResolvedBase, bf16_supported
 from tuneship.train.config import TrainConfig
 from tuneship.train.data import Dataset, load_dataset
 from tuneship.train.metrics import write_loss_plot
@@ -61,13 +61,8 @@ def say(message: str, level: int = logging.INFO) -> None:
 
 
 def use_bf16(precision: str) -> bool:
-    import torch
-
-    if precision != "auto":
-        return precision == "bf16"
-    if torch.cuda.is_available():
-        return bool(torch.cuda.is_bf16_supported())
-    return bool(torch.cpu._is_avx512_bf16_supported())
+    """The ``precision`` setting as a yes/no: ``auto`` is bf16 where the hardware computes it."""
+    return bf16_supported() if precision == "auto" else precision == "bf16"
 
 
 def prepare_run_dir(config: TrainConfig, force: bool, resume: bool) -> tuple[Path, bool]:

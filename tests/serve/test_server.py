@@ -48,6 +48,21 @@ def test_vllm_arguments_follow_the_adapters(tiny_base, tiny_run):
     assert eager.count("--enforce-eager") == 1
 
 
+def test_dtype_is_float32_on_a_cpu_that_emulates_bf16_and_the_users_choice_wins(tiny_base, monkeypatch):
+    from tuneship.serve import engine
+
+    for native, expected in ((False, ["--dtype", "float32"]), (True, [])):
+        monkeypatch.setattr(engine, "bf16_supported", lambda native=native: native)
+        args = VLLMServer(ServeConfig(base=str(tiny_base), port=9)).args
+        assert [a for i, a in enumerate(args) if "--dtype" in args[i - 1 : i + 1]] == expected
+        notes = "\n".join(VLLMServer(ServeConfig(base=str(tiny_base), port=9)).notes())
+        assert ("Dtype: float32 (this CPU has no bf16 instructions" in notes) is not native
+    chosen = VLLMServer(ServeConfig(base=str(tiny_base), dtype="bfloat16", port=9)).args
+    assert chosen[chosen.index("--dtype") + 1] == "bfloat16"
+    passed = VLLMServer(ServeConfig(base=str(tiny_base), extra_args=["--dtype=float16"], port=9)).args
+    assert "--dtype" not in passed and passed[-1] == "--dtype=float16"
+
+
 def test_hot_loading_needs_registry_and_key_and_keeps_the_key_off_the_command_line(
     tiny_base, registry, monkeypatch
 ):

@@ -1,0 +1,86 @@
+"""tuneship's CPU LoRA ops against vLLM's own torch ops, on random inputs.
+
+For every token with an adapter the result must equal vLLM's; a token of the base model
+(slot -1) must get no LoRA at all (vLLM's ops give it the last slot's: vllm-project/vllm#48421).
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from vllm.lora.ops.torch_ops import lora_ops as stock
+
+from tuneship.serve.lora_ops import VERIFIED_VLLM, expand, fast_ops_status, shrink, token_groups
+
+SLOTS, RANK, HIDDEN, OUT = 3, 16, 64, 96
+
+# Token-to-slot maps: one adapter, contiguous runs, interleaved adapters, base rows among them.
+MAPS = {
+    "one adapter": [1] * 7,
+    "runs": [0, 0, 0, 2, 2, 1, 1, 1, 1],
+    "interleaved": [0, 2, 0, 1, 2, 1, 0],
+    "base rows mixed in": [-1, -1, 0, 0, -1, 2, 2, -1, 1],
+    "base only": [-1] * 5,
+    "single token": [2],
+}
+
+
+def _stacks(seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    a = torch.randn(SLOTS, 1, RANK, HIDDEN, generator=g).to(torch.bfloat16)
+    b = torch.randn(SLOTS, 1, OUT, RANK, generator=g).to(torch.bfloat16)
+    return a, b
+
+
+@pytest.mark.parametrize("name", MAPS)
+def test_shrink_and_expand_equal_vllm_on_adapter_rows_and_leave_base_rows_alone(name):
+    indices = torch.tensor(MAPS[name], dtype=torch.long)
+    tokens = len(indices)
+    a, b = _stacks(seed=tokens)
+    x = torch.randn(tokens, HIDDEN).to(torch.bfloat16)
+    groups = token_groups(indices)
+    has_adapter = indices >= 0
+
+    ours = torch.full((tokens, RANK), 7.0)  # garbage the shrink must overwrite everywhere
+    shrink(ours, x, a, groups, scale=0.5)
+    theirs = torch.zeros(tokens, RANK)
+    stock.bgmv_shrink(x, a, theirs, indices, 0.5)
+    torch.testing.assert_close(ours[has_adapter], theirs[has_adapter], rtol=1e-5, atol=1e-5)
+    assert torch.equal(ours[~has_adapter], torch.zeros_like(ours[~has_adapter]))
+
+    base = torch.randn(tokens, 2 * OUT).to(torch.bfloat16)
+    ours_y, theirs_y = base.clone(), base.clone()
+    expand(ours_y, theirs, b, groups, offset=OUT, size=OUT, add_inputs=True)
+    stock.bgmv_expand_slice(theirs, b, theirs_y, indices, OUT, OUT, True)
+    torch.testing.assert_close(ours_y[has_adapter], theirs_y[has_adapter], rtol=1e-2, atol=1e-2)
+    assert torch.equal(ours_y[~has_adapter], base[~has_adapter]), "a base row was changed"
+    assert torch.equal(ours_y[:, :OUT], base[:, :OUT]), "outside the slice was changed"
+
+
+def test_vllm_stock_ops_apply_the_last_adapter_to_base_rows():
+    """The fault the plugin exists for, shown on vLLM's ops (if vLLM fixes it, re-verify)."""
+    a, _ = _stacks(seed=1)
+    x = torch.randn(2, HIDDEN).to(torch.bfloat16)
+    out = torch.zeros(2, RANK)
+    stock.bgmv_shrink(x, a, out, torch.tensor([-1, 0]), 1.0)
+    assert out[0].abs().sum() > 0, "vLLM's op now skips base rows: the plugin may be retired"
+
+
+def test_groups_are_slices_for_contiguous_slots_and_rows_otherwise():
+    groups = dict(token_groups(torch.tensor([-1, 0, 0, 1, 0, -1])))
+    assert set(groups) == {0, 1}
+    assert groups[1] == slice(3, 4)
+    assert groups[0].tolist() == [1, 2, 4]
+    assert token_groups(torch.tensor([], dtype=torch.long)) == []
+
+
+def test_status_names_the_verified_version_and_the_opt_out(monkeypatch):
+    assert fast_ops_status(VERIFIED_VLLM)[0] is True
+    active, line = fast_ops_status("0.33.0")
+    assert not active and VERIFIED_VLLM in line and "0.33.0" in line
+    assert fast_ops_status(VERIFIED_VLLM, device="cuda")[0] is False
+    monkeypatch.setenv("TUNESHIP_CPU_LORA_OPS", "stock")
+    assert fast_ops_status(VERIFIED_VLLM) == (
+        False,
+        "LoRA ops: vLLM's stock CPU ops (TUNESHIP_CPU_LORA_OPS=stock)",
+    )
