@@ -18,7 +18,18 @@ def test_help_is_fast_and_lists_the_commands():
     ).stdout
     # Interpreter start included; heavy libraries must not load for --help.
     assert time.perf_counter() - started < 2.0
-    for command in ("train", "data", "export", "adapters", "serve", "eval", "ab", "verify", "demo"):
+    for command in (
+        "train",
+        "data",
+        "export",
+        "adapters",
+        "serve",
+        "eval",
+        "ab",
+        "verify",
+        "demo",
+        "service",
+    ):
         assert f"  {command}" in out
 
 
@@ -26,7 +37,8 @@ def test_help_does_not_import_heavy_libraries():
     code = (
         "import sys, tuneship.entrypoints.cli; from click.testing import CliRunner; "
         "[CliRunner().invoke(tuneship.entrypoints.cli.cli, [*c.split(), '--help']) for c in "
-        "('train', 'data check', 'export merge', 'adapters list', 'serve', 'eval', 'ab', 'verify')]; "
+        "('train', 'data check', 'export merge', 'adapters list', 'serve', 'eval', 'ab', 'verify', 'service', "
+        "'service keys create')]; "
         "print([m for m in ('torch', 'transformers', 'trl', 'peft', 'vllm') if m in sys.modules])"
     )
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "[]"

@@ -1,0 +1,107 @@
+"""The service's settings: one pydantic model (the command's flags come from it) and its directories."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from pydantic import Field, field_validator, model_validator
+
+from tuneship.config import Settings, refuse
+from tuneship.models import cache_home
+
+# Training settings that belong to a job, not to the service.
+JOB_OWNED = ("data", "eval_data", "name", "runs_dir", "base", "seed", "epochs", "max_steps")
+
+
+class ServiceConfig(Settings):
+    """Settings of one service process: HTTP front door, records, training workers, managed vLLM."""
+
+    host: str = Field("127.0.0.1", description="interface to bind")
+    port: int = Field(8000, ge=1, le=65535, description="port of the API and the inference front door")
+    home: str = Field(
+        "", description="directory of the service's database, files, jobs and registry "
+        "(default: TUNESHIP_HOME/service)"
+    )  # fmt: skip
+    database_url: str = Field(
+        "",
+        description="SQLAlchemy URL of the records (default: sqlite:///HOME/tuneship.db; "
+        "postgresql+psycopg://... for a team deployment)",
+    )
+    base: str = Field("default", description="base model: 'default', a model directory or a hub id")
+    served_name: str = Field("", description="name the base model is served and fine-tuned under")
+    upload_limit_mb: float = Field(512.0, gt=0, description="largest file upload in MiB (413 beyond it)")
+    workers: int = Field(1, ge=0, description="training jobs run at once by this process (0: none)")
+    max_attempts: int = Field(3, ge=1, description="runs of one job before it fails (a lost worker retries)")
+    train_settings: dict[str, str] = Field(
+        default_factory=dict,
+        description="training setting applied to every job (repeatable), e.g. precision=fp32",
+    )
+    kv_cache_gb: int = Field(2, ge=1, description="CPU only: GiB of KV cache of the managed vLLM")
+    max_model_len: int = Field(0, ge=0, description="maximum tokens per request (0: the model's context)")
+    max_loras: int = Field(4, ge=1, description="adapters the managed vLLM holds at once")
+    max_lora_rank: int = Field(16, ge=1, description="largest adapter rank the managed vLLM accepts")
+    eager: bool = Field(False, description="start vLLM without its torch.compile warm-up (--enforce-eager)")
+    vllm_port: int = Field(0, ge=0, le=65535, description="port of the managed vLLM on 127.0.0.1 (0: free)")
+    startup_timeout: float = Field(600.0, gt=0, description="seconds to wait for vLLM to become ready")
+
+    @field_validator("train_settings")
+    @classmethod
+    def _job_owned(cls, settings: dict[str, str]) -> dict[str, str]:
+        owned = sorted(set(settings) & set(JOB_OWNED))
+        if owned:
+            raise ValueError(f"{', '.join(owned)}: set by each job, not by the service")
+        return settings
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ServiceConfig:
+        problems = []
+        if self.vllm_port and self.vllm_port == self.port:
+            problems.append("vllm_port: the managed vLLM needs a port of its own")
+        refuse(problems)
+        return self
+
+    @property
+    def upload_limit(self) -> int:
+        """The upload limit in bytes."""
+        return int(self.upload_limit_mb * 1024 * 1024)
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Where one service keeps its state (all under ``root``)."""
+
+    root: Path
+
+    @classmethod
+    def of(cls, config: ServiceConfig) -> Paths:
+        """The directories of ``config`` (created)."""
+        paths = cls(Path(config.home or cache_home() / "service").resolve())
+        for folder in (paths.root, paths.files, paths.jobs, paths.registry, paths.logs):
+            folder.mkdir(parents=True, exist_ok=True)
+        return paths
+
+    def database_url(self, config: ServiceConfig) -> str:
+        """The configured URL, else a SQLite file under the home directory."""
+        return config.database_url or f"sqlite:///{self.root / 'tuneship.db'}"
+
+    @property
+    def files(self) -> Path:
+        return self.root / "files"
+
+    @property
+    def jobs(self) -> Path:
+        return self.root / "jobs"
+
+    @property
+    def registry(self) -> Path:
+        return self.root / "registry"
+
+    @property
+    def logs(self) -> Path:
+        return self.root / "logs"
+
+    @property
+    def train_defaults(self) -> Path:
+        """The service's training settings as a YAML file (``tuneship data check --config`` reads it)."""
+        return self.root / "train-defaults.yaml"

@@ -1,0 +1,199 @@
+"""The inference front door: each request goes to the server of its model, its answer streamed back as is.
+
+:class:`Router` knows which backend serves a model and under which name: the managed vLLM serves
+the base, the registry's adapters, and fine-tuned models (``ft:BASE:SUFFIX:JOBID``, registered
+under their job id because registry names are plain path components). Backends given by URL
+(``--backend``, next) join the same list; the first one that lists a model serves it.
+:class:`FrontDoor` forwards with httpx streaming, so tokens reach the client as vLLM sends them.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+from starlette.background import BackgroundTask
+from starlette.requests import Request
+from starlette.responses import StreamingResponse
+
+from tuneship.artifacts import ADAPTER_CONFIG
+from tuneship.entrypoints.service.schemas import APIError
+
+PASSED_HEADERS = ("content-type", "x-request-id", "cache-control")
+
+
+@dataclass
+class Backend:
+    """An OpenAI-compatible server: its root URL (no ``/v1``), its key, and the models it lists."""
+
+    url: str
+    api_key: str | None = None
+    managed: bool = False  # started by this service (the registry's adapters are served by it)
+    models: set[str] = field(default_factory=set)  # of a server given by URL: refreshed from /v1/models
+
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+
+
+class Router:
+    """Public model names to (backend, the name that backend serves it under)."""
+
+    def __init__(
+        self,
+        backends: list[Backend],
+        aliases: Callable[[], dict[str, str]],
+        registry: Path,
+        base_name: str,
+    ) -> None:
+        self.backends = backends
+        self._load_aliases = aliases
+        self.registry = registry
+        self.base_name = base_name
+        self.aliases: dict[str, str] = {}
+
+    def refresh(self) -> None:
+        """Read the fine-tuned models' names again (after a job succeeds)."""
+        self.aliases = self._load_aliases()
+
+    def route(self, model: str | None) -> tuple[Backend, str | None]:
+        """The backend for ``model`` and the name it serves it under (unknown names go to the first)."""
+        upstream = self.aliases.get(model or "")
+        if upstream is None and model and model.startswith("ft:"):
+            self.refresh()  # finished by another replica, or since the last refresh
+            upstream = self.aliases.get(model)
+        for backend in self.backends:
+            if not backend.managed and model in backend.models:
+                return backend, model
+        return self.backends[0], upstream or model
+
+    def public_names(self) -> dict[str, str]:
+        """Upstream name -> the public name listed for it (a fine-tuned model's, not its job id)."""
+        names: dict[str, str] = {}
+        for public, upstream in self.aliases.items():
+            if ":ckpt-step-" not in public or upstream not in names:
+                names[upstream] = public
+        return names
+
+    def registry_names(self) -> list[str]:
+        """The registry's adapters (each loads on its first request)."""
+        if not self.registry.is_dir():
+            return []
+        return sorted(p.name for p in self.registry.iterdir() if (p / ADAPTER_CONFIG).is_file())
+
+
+class FrontDoor:
+    """Forwards inference requests to backends over one pooled httpx client (owned: :meth:`close`)."""
+
+    def __init__(self, router: Router) -> None:
+        self.router = router
+        self.client = httpx.AsyncClient(
+            timeout=httpx.Timeout(None, connect=5.0),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
+        )
+
+    async def close(self) -> None:
+        await self.client.aclose()
+
+    async def forward(self, request: Request, path: str) -> StreamingResponse:
+        """Send the request to its model's backend; stream the answer back unbuffered."""
+        body = await request.body()
+        payload = _json(body) if request.method == "POST" else None
+        model = payload.get("model") if isinstance(payload, dict) else None
+        backend, upstream = self.router.route(model if isinstance(model, str) else None)
+        rewrite = None
+        if isinstance(payload, dict) and isinstance(model, str) and upstream and upstream != model:
+            body = json.dumps({**payload, "model": upstream}).encode()
+            rewrite = (upstream, model)
+        headers = {
+            **backend.headers(),
+            "content-type": request.headers.get("content-type", "application/json"),
+            "accept": request.headers.get("accept", "*/*"),
+            "accept-encoding": "identity",
+        }
+        upstream_request = self.client.build_request(
+            request.method, backend.url + path, params=request.query_params, content=body, headers=headers
+        )
+        response = await self._send(upstream_request)
+        passed = {k: v for k, v in response.headers.items() if k.lower() in PASSED_HEADERS}
+        chunks = response.aiter_raw() if rewrite is None else _renamed(response.aiter_raw(), *rewrite)
+        return StreamingResponse(
+            chunks,
+            status_code=response.status_code,
+            headers=passed,
+            background=BackgroundTask(response.aclose),
+        )
+
+    async def _send(self, request: httpx.Request) -> httpx.Response:
+        try:
+            return await self.client.send(request, stream=True)
+        except httpx.TransportError as e:
+            raise APIError(
+                503,
+                f"the model server is not answering (starting, or stopped): {type(e).__name__}",
+                code="model_server_unavailable",
+            ) from None
+
+    async def models(self) -> dict[str, Any]:
+        """``/v1/models``: the base, live and loadable adapters, fine-tuned models (with ``parent``)."""
+        backend = self.router.backends[0]
+        request = self.client.build_request("GET", backend.url + "/v1/models", headers=backend.headers())
+        response = await self._send(request)
+        await response.aread()
+        if response.status_code != 200:
+            raise APIError(503, "the model server did not list its models", code="model_server_unavailable")
+        self.router.refresh()
+        public = self.router.public_names()
+        listed: dict[str, dict[str, Any]] = {}
+        for model in response.json().get("data", []):
+            model["id"] = public.get(model["id"], model["id"])
+            listed[model["id"]] = model
+        loadable = [*self.router.registry_names(), *self.router.aliases]
+        for name in loadable:
+            name = public.get(name, name)
+            if name not in listed:
+                listed[name] = {
+                    "id": name,
+                    "object": "model",
+                    "created": int(time.time()),
+                    "owned_by": "tuneship",
+                    "root": None,
+                    "parent": self.router.base_name,
+                }
+        return {"object": "list", "data": list(listed.values())}
+
+
+def _json(body: bytes) -> Any:
+    try:
+        return json.loads(body) if body else None
+    except ValueError:
+        return None  # the backend answers it with its own error
+
+
+async def _renamed(chunks: AsyncIterator[bytes], upstream: str, public: str) -> AsyncIterator[bytes]:
+    """The answer with the served name replaced by the name the client asked for, line by line.
+
+    Lines (server-sent events, or one JSON body) are complete before they are rewritten, so a
+    name split across two network chunks is still found.
+    """
+    patterns = [
+        (f'"model":{json.dumps(upstream)}'.encode(), f'"model":{json.dumps(public)}'.encode()),
+        (f'"model": {json.dumps(upstream)}'.encode(), f'"model": {json.dumps(public)}'.encode()),
+    ]
+    pending = b""
+    async for chunk in chunks:
+        pending += chunk
+        cut = pending.rfind(b"\n") + 1
+        if cut:
+            ready, pending = pending[:cut], pending[cut:]
+            for old, new in patterns:
+                ready = ready.replace(old, new)
+            yield ready
+    for old, new in patterns:
+        pending = pending.replace(old, new)
+    if pending:
+        yield pending

@@ -1,0 +1,167 @@
+"""The service process: records, the managed vLLM, the preflight, the workers, and the HTTP server.
+
+:class:`Service` owns every part it starts and stops them all (:meth:`Service.stop`): the
+workers stop their training process groups, then vLLM's group is stopped. :func:`run` serves
+until SIGTERM or Ctrl-C; uvicorn's graceful shutdown runs the app's lifespan, which calls
+:meth:`Service.stop`, so the process leaves nothing behind.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import secrets
+import signal
+import socket
+import threading
+
+from tuneship.artifacts import write_yaml
+from tuneship.entrypoints.service.config import Paths, ServiceConfig
+from tuneship.entrypoints.service.db import connect, sessions
+from tuneship.entrypoints.service.files import FileStore, Preflight
+from tuneship.entrypoints.service.jobs import JobStore
+from tuneship.entrypoints.service.keys import KeyRing
+from tuneship.entrypoints.service.plan import service_defaults
+from tuneship.entrypoints.service.proxy import Backend, Router
+from tuneship.entrypoints.service.worker import Publisher, Worker, recover
+from tuneship.errors import ServerError, TuneshipError
+from tuneship.serve.config import ServeConfig
+from tuneship.serve.server import VLLMServer
+
+log = logging.getLogger(__name__)
+
+
+def free_port() -> int:
+    """A port nothing listens on now (for the managed vLLM)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Service:
+    """Every part of one service process, built from its settings; :meth:`start` and :meth:`stop` them."""
+
+    def __init__(self, config: ServiceConfig) -> None:
+        self.config = config
+        self.paths = Paths.of(config)
+        self.defaults = service_defaults(config.train_settings, config.base)
+        if self.defaults.lora_r > config.max_lora_rank:
+            raise TuneshipError(
+                f"train setting lora_r={self.defaults.lora_r} is above --max-lora-rank {config.max_lora_rank}"
+            )
+        self.engine = connect(self.paths.database_url(config))
+        self.sessions = sessions(self.engine)
+        self.keys = KeyRing(self.sessions)
+        self._internal_key = secrets.token_urlsafe(32)  # between the front door and vLLM only
+        self.vllm = VLLMServer(self._serve_config())
+        self.base_name = self.vllm.served_names[0]
+        self.files = FileStore(self.sessions, self.paths)
+        self.jobs = JobStore(self.sessions, self.paths, self.files, self.base_name, self.defaults)
+        backend = Backend(self.vllm.url.removesuffix("/v1"), self._internal_key, managed=True)
+        self.router = Router([backend], self.jobs.fine_tuned, self.paths.registry, self.base_name)
+        self.stop_event = threading.Event()
+        self.kick = threading.Event()
+        self.ready = threading.Event()
+        self.preflight = Preflight(self.sessions, self.paths, self.stop_event)
+        publisher = Publisher(
+            self.paths.registry,
+            str(self.vllm.base.path),
+            lambda: self.vllm.url if self.ready.is_set() else None,
+            self._internal_key,
+            self.paths.logs,
+        )
+        self.workers = [
+            Worker(i, self.jobs, self.files, publisher, config.max_attempts, self.stop_event, self.kick,
+                   self.router.refresh)
+            for i in range(config.workers)
+        ]  # fmt: skip
+        self._watcher = threading.Thread(target=self._watch_vllm, name="tuneship-vllm-watch", daemon=True)
+
+    @property
+    def model_names(self) -> tuple[str, ...]:
+        """Names a job's ``model`` may give for the base."""
+        return (self.base_name, self.config.base)
+
+    def _serve_config(self) -> ServeConfig:
+        return ServeConfig(
+            base=self.config.base,
+            served_name=self.config.served_name,
+            registry=str(self.paths.registry),
+            api_key=self._internal_key,
+            port=self.config.vllm_port or free_port(),
+            kv_cache_gb=self.config.kv_cache_gb,
+            max_model_len=self.config.max_model_len,
+            max_loras=self.config.max_loras,
+            max_lora_rank=self.config.max_lora_rank,
+            eager=self.config.eager,
+            log_file=str(self.paths.logs / "vllm.log"),
+            startup_timeout=self.config.startup_timeout,
+        )
+
+    def start(self) -> None:
+        """Recover what a previous run left, then start vLLM, the preflight and the workers."""
+        defaults = self.defaults.model_dump(mode="json", exclude={"data"})
+        write_yaml(self.paths.train_defaults, defaults)
+        recover(self.jobs, self.config.max_attempts)
+        self.preflight.recover()
+        self.router.refresh()
+        self.vllm.start()
+        self._watcher.start()
+        self.preflight.start()
+        for worker in self.workers:
+            worker.start()
+        log.info("Records: %s; files, jobs and registry in %s", self.engine.url, self.paths.root)
+        log.info("Starting vLLM for %s (log: %s) ...", self.base_name, self.vllm.log_path)
+
+    def _watch_vllm(self) -> None:
+        """Wait until vLLM answers; if it exits by itself, stop the whole service (one clear line)."""
+        try:
+            self.vllm.wait_ready()
+        except ServerError as e:
+            if not self.stop_event.is_set():
+                log.error("The model server failed: %s", e)
+                os.kill(os.getpid(), signal.SIGTERM)
+            return
+        self.ready.set()
+        log.info("Ready: %s answers for %s and its fine-tuned models", self.vllm.url, self.base_name)
+        code = self.vllm.wait()
+        if not self.stop_event.is_set():
+            log.error("The model server exited with code %s:\n%s", code, self.vllm.log_tail())
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    def stop(self) -> None:
+        """Stop the workers (and their training processes), the preflight, then vLLM; close the records."""
+        self.stop_event.set()
+        self.kick.set()
+        self.preflight.kick.set()
+        for worker in self.workers:
+            if worker.is_alive():
+                worker.join(timeout=60)
+        if self.preflight.is_alive():
+            self.preflight.join(timeout=30)
+        if self.vllm.process is not None:
+            self.vllm.stop()
+        self.engine.dispose()
+
+
+def run(config: ServiceConfig) -> None:
+    """Serve until SIGTERM or Ctrl-C; everything started is stopped before this returns."""
+    import uvicorn
+
+    from tuneship.entrypoints.service.app import create_app
+
+    with socket.socket() as s:
+        if s.connect_ex(("127.0.0.1" if config.host in ("0.0.0.0", "::") else config.host, config.port)) == 0:
+            raise ServerError(f"port {config.port} on {config.host} is already in use; pick --port")
+    service = Service(config)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            create_app(service),
+            host=config.host,
+            port=config.port,
+            log_level="warning",
+            timeout_graceful_shutdown=5,
+        )
+    )
+    log.info("tuneship service on http://%s:%d/v1", config.host, config.port)
+    server.run()

@@ -1,0 +1,204 @@
+"""Workers: each takes one queued job at a time and runs it as a ``tuneship train`` subprocess.
+
+The run gets a process group of its own (a cancel or a stop ends all of it) and its output goes
+to ``JOB_DIR/output.log``. While it runs, its metrics become events and its checkpoints records;
+on success the adapter enters the service's registry (``tuneship adapters add``, every check
+included) and is loaded into the managed vLLM through its hot-load guard, so the fine-tuned
+model answers at once, with no restart.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from tuneship.artifacts import RUN_CONFIG, read_yaml
+from tuneship.entrypoints.service.db import Job, now
+from tuneship.entrypoints.service.files import FileStore
+from tuneship.entrypoints.service.jobs import JobStore
+from tuneship.entrypoints.service.plan import RUN_NAME, TRAIN_FILE, checkpoint_name, fine_tuned_name
+from tuneship.entrypoints.service.process import CLI, ProcessGroup, error_line, group_alive, kill_group
+from tuneship.entrypoints.service.runwatch import RunWatcher, has_checkpoint, train_metrics, valid_metrics
+from tuneship.errors import ServerError, TuneshipError
+
+log = logging.getLogger(__name__)
+
+OUTPUT_LOG = "output.log"  # a job's training output, in its directory
+POLL = 0.5  # seconds between looks at a running job (cancel, metrics, checkpoints)
+HEARTBEAT = 5  # seconds between heartbeats of a running job
+
+
+@dataclass
+class Publisher:
+    """Puts a finished run into the registry and loads it into the managed server."""
+
+    registry: Path
+    base: str  # the base model spec, for the registry's check of the adapter's tensors
+    endpoint: Callable[[], str | None]  # the managed vLLM's /v1 URL once it is ready (None before)
+    api_key: str
+    logs: Path
+
+    def publish(self, name: str, run_dir: Path) -> str:
+        """Register ``run_dir``'s adapter as ``name`` and hot-load it; says how it is served."""
+        args = [*CLI, "adapters", "add", name, str(run_dir), "--registry", str(self.registry), "--force"]
+        group = ProcessGroup([*args, "--base", self.base], self.logs / f"register-{name}.log")
+        code = group.process.wait()
+        if code != 0:
+            raise TuneshipError(error_line(group.log_lines()) or f"tuneship adapters add exited with {code}")
+        endpoint = self.endpoint()
+        if endpoint is None:
+            return "registered; the model server loads it on the first request"
+        from tuneship.serve.control import load
+
+        try:
+            load(endpoint, name, self.registry, self.api_key, replace=True)
+        except ServerError as e:
+            raise TuneshipError(f"the model server did not load the adapter: {e}") from None
+        return "registered and loaded"
+
+
+class Worker(threading.Thread):
+    """Runs queued jobs one after another until ``stop`` is set."""
+
+    def __init__(
+        self,
+        index: int,
+        jobs: JobStore,
+        files: FileStore,
+        publisher: Publisher,
+        max_attempts: int,
+        stop: threading.Event,
+        kick: threading.Event,
+        on_published: Callable[[], None] = lambda: None,
+    ) -> None:
+        super().__init__(name=f"tuneship-worker-{index}", daemon=True)
+        self.id = f"{socket.gethostname()}:{os.getpid()}:{index}"
+        self.jobs = jobs
+        self.files = files
+        self.publisher = publisher
+        self.max_attempts = max_attempts
+        self.stop_event = stop
+        self.kick = kick
+        self.on_published = on_published
+
+    def run(self) -> None:
+        while not self.stop_event.is_set():
+            try:
+                self.jobs.advance_validations()
+                job = self.jobs.claim(self.id)
+                if job is not None:
+                    self.run_job(job)
+                    continue
+            except Exception:  # noqa: BLE001 -- one broken job must not stop the worker
+                log.exception("worker %s", self.id)
+            self.kick.wait(POLL)
+            self.kick.clear()
+
+    def run_job(self, job: Job) -> None:
+        """Train, watching for a cancel and a stop; then publish, or fail with the run's reason."""
+        job_dir = self.jobs.job_dir(job.id)
+        run_dir = job_dir / RUN_NAME
+        resume = has_checkpoint(run_dir)
+        args = [*CLI, "train", "--config", str(job_dir / TRAIN_FILE), "--resume" if resume else "--force"]
+        if resume:
+            self.jobs.add_event(job.id, "Resuming from the last checkpoint")
+        group = ProcessGroup(args, job_dir / OUTPUT_LOG, cwd=job_dir, env={**os.environ, "NO_COLOR": "1"})
+        self.jobs.update_running(job.id, pid=group.pid)
+        watcher = RunWatcher(run_dir)
+        beat = time.monotonic()
+        while (code := group.poll()) is None:
+            self._report(job, watcher)
+            if self.stop_event.wait(POLL):
+                group.stop()
+                self.jobs.release(job.id, "The service stopped")
+                return
+            if self.jobs.get(job.id).status != "running":  # cancelled
+                group.stop()
+                self.jobs.add_event(job.id, "Training stopped")
+                return
+            if time.monotonic() - beat > HEARTBEAT:
+                self.jobs.update_running(job.id, heartbeat_at=now())
+                beat = time.monotonic()
+        self._report(job, watcher)
+        if code != 0:
+            reason = error_line(group.log_lines()) or f"training exited with code {code}"
+            error = {"code": "training_failed", "message": self._readable(job, reason), "param": None}
+            self.jobs.finish(job.id, "failed", f"Job failed: {error['message']}", level="error", error=error)
+            return
+        self._succeed(job, run_dir, watcher)
+
+    def _report(self, job: Job, watcher: RunWatcher) -> None:
+        for row in watcher.new_rows():
+            train = train_metrics(row)
+            if train:
+                message = f"Step {train['step']}: training loss={train['train_loss']:.4f}"
+                self.jobs.add_event(job.id, message, type="metrics", data=train)
+            valid = valid_metrics(row)
+            if valid:
+                message = f"Step {valid['step']}: validation loss={valid['valid_loss']:.4f}"
+                self.jobs.add_event(job.id, message, type="metrics", data=valid)
+        for step, path in watcher.new_checkpoints():
+            name = checkpoint_name(self._fine_tuned(job), step)
+            self.jobs.add_checkpoint(job.id, step, watcher.metrics_at(step), name, str(path), final=False)
+
+    def _succeed(self, job: Job, run_dir: Path, watcher: RunWatcher) -> None:
+        summary = (read_yaml(run_dir / RUN_CONFIG) or {}).get("result", {})
+        steps = int(summary.get("steps") or 0)
+        results = self.files.add_result("step_metrics.csv", watcher.metrics_csv())
+        fine_tuned = self._fine_tuned(job)
+        try:
+            how = self.publisher.publish(job.id, run_dir)
+        except TuneshipError as e:
+            error = {"code": "publish_failed", "message": str(e), "param": None}
+            self.jobs.finish(job.id, "failed", f"Job failed: {e}", level="error", error=error)
+            return
+        final = checkpoint_name(fine_tuned, steps)
+        self.jobs.add_checkpoint(job.id, steps, watcher.metrics_at(steps), final, str(run_dir), final=True)
+        self.jobs.add_event(job.id, f"New fine-tuned model created: {fine_tuned} ({how})")
+        self.jobs.finish(
+            job.id,
+            "succeeded",
+            "The job has successfully completed",
+            fine_tuned_model=fine_tuned,
+            trained_tokens=summary.get("num_tokens") or watcher.trained_tokens(),
+            result_files=[results.id],
+            registry_name=job.id,
+        )
+        self.on_published()
+
+    def _fine_tuned(self, job: Job) -> str:
+        return fine_tuned_name(self.jobs.base_name, job.suffix, job.id)
+
+    def _readable(self, job: Job, reason: str) -> str:
+        """Training's message with the stored file paths replaced by the client's filenames."""
+        for file_id in (job.training_file, job.validation_file):
+            if file_id:
+                record = self.files.get(file_id)
+                reason = reason.replace(str(self.files.path(record)), record.filename)
+        return reason
+
+
+def recover(jobs: JobStore, max_attempts: int) -> None:
+    """Jobs left running by a service that is gone: stop what is left of their runs, queue them again.
+
+    One service per SQLite file, so every running job found at start is an orphan (with several
+    replicas on PostgreSQL, only jobs with a stale heartbeat are).
+    """
+    for job in jobs.running_on():
+        if job.pid and group_alive(job.pid) and _runs_job(job.pid, job.id):
+            kill_group(job.pid)
+        jobs.requeue_or_fail(job.id, "The worker running the job stopped", max_attempts)
+
+
+def _runs_job(pid: int, job_id: str) -> bool:
+    """Whether process ``pid`` is this job's training (a pid may have been reused since)."""
+    try:
+        return job_id in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return False
