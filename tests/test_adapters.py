@@ -21,8 +21,8 @@ REFUSED = {
     "token-rows": ("trained token rows (model.embed_tokens", "export a merged model"),
     "zero3": ("tensors are empty (shape [0], e.g. model.layers.0.", "DeepSpeed ZeRO-3"),
     "rank-mismatch": ("lora_A rank 8, lora_B rank 8, config r=16", "save the adapter again"),
-    "renamed": ("match no module of", "model.layers.0.self_attn.query"),
-    "other-base": ("do not fit the shapes of", "hidden size 128"),
+    "renamed": ("match no module of", "serve or merge it with the base model it was trained for"),
+    "other-base": ("do not fit the shapes of", "serve or merge it with the base model it was trained for"),
     "added-tokens": ("added tokens: model.embed_tokens.base_layer.weight has", "export a merged model"),
 }
 REPAIRED = {
@@ -83,6 +83,7 @@ def test_an_adapter_of_another_width_is_refused_through_its_lineage_too(foreign,
     report = check_adapter(foreign, base_sha256="0" * 64, base=tiny_base)
     assert any("trained on a different base model" in p for p in report.problems)
     assert any("do not fit the shapes of" in p and "(hidden size 128)" in p for p in report.broken)
+    assert report.recommendation.startswith("serve or merge it with the base model it was trained for")
     assert check_adapter(foreign).ok  # against its own base (its lineage names it): servable
 
 

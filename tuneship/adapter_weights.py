@@ -50,6 +50,7 @@ class WeightFindings:
     fixes: list[str] = field(default_factory=list)
     renames: dict[str, str] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    other_base: bool = False  # the tensors fit another base model: names or shapes miss this one
 
 
 @dataclass(frozen=True)
@@ -266,6 +267,7 @@ def _against_base(
             )
             found.renames = {n: n.replace(prefix, "") for n in shapes if prefix in n}
             return
+    found.other_base = bool(names or misfits)
     if names:
         example = max(base.modules, key=lambda m: len(os.path.commonprefix([m, names[0]])), default="?")
         found.broken.append(

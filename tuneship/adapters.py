@@ -66,6 +66,7 @@ class AdapterReport:
     renames: dict[str, str] = field(default_factory=dict)  # tensor renames among ``fixes``
     notes: list[str] = field(default_factory=list)  # worth knowing, not a refusal (e.g. a no-op adapter)
     compared_with: str | None = None  # the base whose modules the tensors were checked against
+    other_base: bool = False  # names or shapes fit another base model, not ``compared_with``
 
     @property
     def ok(self) -> bool:
@@ -87,6 +88,11 @@ class AdapterReport:
         if self.fixable:
             return (
                 "register it (tuneship adapters add NAME PATH), which makes the repairs above, and serve that"
+            )
+        if self.broken and self.other_base:
+            return (
+                "serve or merge it with the base model it was trained for (tuneship serve --base MODEL); "
+                f"its tensors do not fit {self.compared_with}"
             )
         if self.broken:
             return "save the adapter again from training (a merged export cannot repair these weights)"
@@ -216,6 +222,7 @@ def _check_weights(path: Path, config: dict, base: BaseLayout | None, report: Ad
     report.problems += found.broken + found.problems
     report.fixes += found.fixes
     report.renames = found.renames
+    report.other_base = found.other_base
     report.notes += found.notes
     if file.name == ADAPTER_BIN:
         report.fixes.append(
