@@ -61,3 +61,19 @@ def test_only_the_first_process_shows_progress(capsys):
     progress.on_step_end(None, state, None)
     progress.on_train_end(None, state, None)
     assert progress.progress is None and capsys.readouterr().err == ""
+
+
+def test_without_a_terminal_each_log_event_prints_a_line_with_time_left(capsys):
+    from tuneship.train.progress import RichProgress
+
+    progress = RichProgress()
+    state = SimpleNamespace(is_world_process_zero=True, max_steps=4, global_step=0)
+    progress.on_train_begin(None, state, None)  # capsys: stderr is no terminal
+    for step in (1, 2):
+        state.global_step = step
+        progress.on_step_end(None, state, None)
+        progress.on_log(None, state, None, logs={"loss": 2.0 / step, "tokens_per_second": 100.0})
+    progress.close()
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("training ")]
+    assert lines[0].startswith("training 1/4 (25%), loss 2.000, 100 tokens/s, ")
+    assert lines[1].startswith("training 2/4 (50%), loss 1.000, 100 tokens/s, ") and "eta " in lines[1]
