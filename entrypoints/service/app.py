@@ -193,6 +193,18 @@ def _job_routes(app: FastAPI, service: Service) -> None:
         service.kick.set()
         return job_object(job)
 
+    @app.post("/v1/fine_tuning/jobs/{job_id}/pause")
+    def pause_job(job_id: str, _: Admin) -> dict[str, Any]:
+        """Pause a queued or running job (its training stops; progress since the last checkpoint is lost)."""
+        return job_object(service.jobs.pause(job_id))
+
+    @app.post("/v1/fine_tuning/jobs/{job_id}/resume")
+    def resume_job(job_id: str, _: Admin) -> dict[str, Any]:
+        """Queue a paused job again; it continues from its last checkpoint."""
+        job = service.jobs.resume(job_id)
+        service.kick.set()
+        return job_object(job)
+
     @app.get("/v1/fine_tuning/jobs/{job_id}/events")
     def job_events(
         job_id: str, _: Admin, after: str | None = None, limit: Annotated[int, Query(ge=1, le=1000)] = 20

@@ -26,7 +26,7 @@ from tuneship.entrypoints.service.upload import Upload, stored_suffix
 
 log = logging.getLogger(__name__)
 
-UNFINISHED = ("validating_files", "queued", "running")
+UNFINISHED = ("validating_files", "queued", "running", "paused")
 KEPT_PROBLEMS = 200  # file:line reasons kept with a file (the count is kept too)
 
 

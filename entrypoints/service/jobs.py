@@ -1,8 +1,10 @@
 """Fine-tuning jobs in the database: create, validate, claim, cancel, finish; their events and checkpoints.
 
-Every change of state is one conditional UPDATE (``... WHERE status = 'queued'``), so two workers
--- threads here, or service replicas sharing a PostgreSQL database -- never take one job twice,
-and a cancel never gets overwritten by a late success.
+Every change of state is one conditional UPDATE (``... WHERE status = 'queued'``), so a cancel or
+a pause never gets overwritten by a late success. Workers claim a job with a row lock on
+PostgreSQL (``SELECT ... FOR UPDATE SKIP LOCKED``: replicas sharing the database skip each
+other's rows instead of waiting) and with the conditional UPDATE on SQLite (one service per file);
+either way two workers never take one job twice.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import secrets
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import case, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from tuneship.entrypoints.service.config import Paths
@@ -212,7 +214,9 @@ class JobStore:
         return None, resolved
 
     def claim(self, worker: str) -> Job | None:
-        """Take the oldest queued job for ``worker`` (one conditional UPDATE; None when none is left)."""
+        """Take the oldest queued job for ``worker`` (None when none is left)."""
+        if self.sessions.kw["bind"].dialect.name == "postgresql":
+            return self._claim_locked(worker)
         while True:
             with self.sessions() as session:
                 candidate = session.scalar(
@@ -221,21 +225,69 @@ class JobStore:
             if candidate is None:
                 return None
             with self.sessions.begin() as session:
-                taken = session.execute(
-                    update(Job)
-                    .where(Job.id == candidate, Job.status == "queued")
-                    .values(
-                        status="running",
-                        worker=worker,
-                        started_at=now(),
-                        heartbeat_at=now(),
-                        attempts=Job.attempts + 1,
-                    )
-                ).rowcount
-                if taken:
-                    add_event(session, candidate, "Fine-tuning job started")
+                taken = self._start(session, candidate, worker, Job.status == "queued")
             if taken:
                 return self.get(candidate)
+
+    def _claim_locked(self, worker: str) -> Job | None:
+        """PostgreSQL: lock the oldest queued row no other transaction holds, and start it."""
+        with self.sessions.begin() as session:
+            candidate = session.scalar(
+                select(Job.id)
+                .where(Job.status == "queued")
+                .order_by(Job.seq)
+                .limit(1)
+                .with_for_update(skip_locked=True)
+            )
+            if candidate is None:
+                return None
+            self._start(session, candidate, worker, Job.status == "queued")
+        return self.get(candidate)
+
+    def _start(self, session: Session, job_id: str, worker: str, condition: Any) -> bool:
+        taken = session.execute(
+            update(Job)
+            .where(Job.id == job_id, condition)
+            .values(status="running", worker=worker, started_at=now(), heartbeat_at=now(),
+                    attempts=Job.attempts + 1)
+        ).rowcount  # fmt: skip
+        if taken:
+            add_event(session, job_id, "Fine-tuning job started")
+        return bool(taken)
+
+    def pause(self, job_id: str) -> Job:
+        """Pause a queued or running job (its worker stops the training); 400 in any other state."""
+        with self.sessions.begin() as session:
+            changed = session.execute(
+                update(Job)
+                .where(Job.id == job_id, Job.status.in_(("queued", "running")))
+                .values(
+                    status="paused",
+                    # A paused run is not a lost one: it does not count against max_attempts.
+                    attempts=case((Job.status == "running", Job.attempts - 1), else_=Job.attempts),
+                )
+            ).rowcount
+            if changed:
+                add_event(session, job_id, "Job paused")
+        job = self.get(job_id)
+        if not changed:
+            raise APIError(400, f"job {job_id} is {job.status}; only a queued or running job can be paused",
+                           code="invalid_job_state")  # fmt: skip
+        return job
+
+    def resume(self, job_id: str) -> Job:
+        """Queue a paused job again (it continues from its last checkpoint); 400 when it is not paused."""
+        with self.sessions.begin() as session:
+            changed = session.execute(
+                update(Job).where(Job.id == job_id, Job.status == "paused").values(status="queued")
+            ).rowcount
+            if changed:
+                add_event(session, job_id, "Job resumed, moving job to queued state")
+        job = self.get(job_id)
+        if not changed:
+            raise APIError(400, f"job {job_id} is {job.status}; only a paused job can be resumed",
+                           code="invalid_job_state")  # fmt: skip
+        return job
 
     def update_running(self, job_id: str, **values: Any) -> bool:
         """Set fields of a job that is still running (a heartbeat, a pid); False when it is not."""

@@ -33,6 +33,16 @@ def has_checkpoint(run_dir: Path) -> bool:
     return any((p / "trainer_state.json").is_file() for p in (run_dir / CHECKPOINTS_DIR).glob("checkpoint-*"))
 
 
+def last_checkpoint_step(run_dir: Path) -> int | None:
+    """The step of the newest complete checkpoint (what ``--resume`` continues from), if any."""
+    steps = [
+        int(p.name.rsplit("-", 1)[1])
+        for p in (run_dir / CHECKPOINTS_DIR).glob("checkpoint-*")
+        if p.name.rsplit("-", 1)[1].isdigit() and (p / "trainer_state.json").is_file()
+    ]
+    return max(steps, default=None)
+
+
 def train_metrics(row: dict[str, Any]) -> dict[str, Any] | None:
     """The metrics event data of a training log entry (None for other entries)."""
     if "loss" not in row:
@@ -68,9 +78,10 @@ class RunWatcher:
         self.offset = 0
         self.rows: list[dict[str, Any]] = []
         self.seen_checkpoints: set[int] = set()
+        self.seen_entries: set[tuple] = set()  # (step, kind): a resumed run logs some steps again
 
     def new_rows(self) -> list[dict[str, Any]]:
-        """Complete metrics lines written since the last call."""
+        """Complete metrics lines written since the last call, less entries of steps seen before."""
         path = self.run_dir / METRICS
         try:
             with path.open("rb") as f:
@@ -87,7 +98,13 @@ class RunWatcher:
             except ValueError:
                 continue
         self.rows += rows
-        return rows
+        fresh = []
+        for row in rows:
+            entry = (row.get("step"), "loss" in row, "eval_loss" in row)
+            if entry not in self.seen_entries:
+                self.seen_entries.add(entry)
+                fresh.append(row)
+        return fresh
 
     def new_checkpoints(self) -> list[tuple[int, Path]]:
         """(step, directory) of complete checkpoints not reported before, in step order."""

@@ -173,14 +173,15 @@ def job_object(job: Job) -> dict[str, Any]:
             "organization_id": ORGANIZATION,
             "result_files": list(job.result_files or []),
             "seed": job.seed,
-            "status": job.status,
+            # The SDK's model predates "paused" (its API answers it): validated as queued, sent as is.
+            "status": "queued" if job.status == "paused" else job.status,
             "trained_tokens": job.trained_tokens,
             "training_file": job.training_file,
             "validation_file": job.validation_file,
             "metadata": job.job_metadata,
             "method": {"type": kind, kind: {"hyperparameters": hyperparameters}},
         }
-    ).model_dump(mode="json", exclude_unset=True)
+    ).model_dump(mode="json", exclude_unset=True) | {"status": job.status}
 
 
 def event_object(event: Event) -> dict[str, Any]:

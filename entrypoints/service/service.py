@@ -14,6 +14,7 @@ import secrets
 import signal
 import socket
 import threading
+import time
 
 from tuneship.artifacts import write_yaml
 from tuneship.entrypoints.service.config import Paths, ServiceConfig
@@ -22,8 +23,9 @@ from tuneship.entrypoints.service.files import FileStore, Preflight
 from tuneship.entrypoints.service.jobs import JobStore
 from tuneship.entrypoints.service.keys import KeyRing
 from tuneship.entrypoints.service.plan import service_defaults
+from tuneship.entrypoints.service.process import group_alive
 from tuneship.entrypoints.service.proxy import Backend, Router
-from tuneship.entrypoints.service.worker import Publisher, Worker, recover
+from tuneship.entrypoints.service.worker import STALE_AFTER, Publisher, Worker, recover
 from tuneship.errors import ServerError, TuneshipError
 from tuneship.serve.config import ServeConfig
 from tuneship.serve.server import VLLMServer
@@ -51,6 +53,9 @@ class Service:
             )
         self.engine = connect(self.paths.database_url(config))
         self.sessions = sessions(self.engine)
+        # One service per SQLite file; on a server database, replicas share the jobs: a running job
+        # is another replica's until its heartbeat is stale.
+        self.stale_after = None if self.engine.dialect.name == "sqlite" else STALE_AFTER
         self.keys = KeyRing(self.sessions)
         self._internal_key = secrets.token_urlsafe(32)  # between the front door and vLLM only
         self.vllm = VLLMServer(self._serve_config())
@@ -72,7 +77,7 @@ class Service:
         )
         self.workers = [
             Worker(i, self.jobs, self.files, publisher, config.max_attempts, self.stop_event, self.kick,
-                   self.router.refresh)
+                   self.router.refresh, self.stale_after)
             for i in range(config.workers)
         ]  # fmt: skip
         self._watcher = threading.Thread(target=self._watch_vllm, name="tuneship-vllm-watch", daemon=True)
@@ -81,6 +86,13 @@ class Service:
     def model_names(self) -> tuple[str, ...]:
         """Names a job's ``model`` may give for the base."""
         return (self.base_name, self.config.base)
+
+    @property
+    def _vllm_log(self) -> str:
+        """``vllm.log``; replicas sharing a home directory each write their own."""
+        if self.stale_after is None:
+            return "vllm.log"
+        return f"vllm-{socket.gethostname()}-{self.config.port}.log"
 
     def _serve_config(self) -> ServeConfig:
         return ServeConfig(
@@ -94,7 +106,7 @@ class Service:
             max_loras=self.config.max_loras,
             max_lora_rank=self.config.max_lora_rank,
             eager=self.config.eager,
-            log_file=str(self.paths.logs / "vllm.log"),
+            log_file=str(self.paths.logs / self._vllm_log),
             startup_timeout=self.config.startup_timeout,
         )
 
@@ -102,7 +114,7 @@ class Service:
         """Recover what a previous run left, then start vLLM, the preflight and the workers."""
         defaults = self.defaults.model_dump(mode="json", exclude={"data"})
         write_yaml(self.paths.train_defaults, defaults)
-        recover(self.jobs, self.config.max_attempts)
+        recover(self.jobs, self.config.max_attempts, self.stale_after)
         self.preflight.recover()
         self.router.refresh()
         self.vllm.start()
@@ -140,7 +152,13 @@ class Service:
         if self.preflight.is_alive():
             self.preflight.join(timeout=30)
         if self.vllm.process is not None:
+            group = self.vllm.process.pid
             self.vllm.stop()
+            # A killed engine worker can take a while to free its memory on a busy host: wait for
+            # its last process, so that nothing this service started outlives it.
+            deadline = time.monotonic() + 60
+            while group_alive(group) and time.monotonic() < deadline:
+                time.sleep(0.2)
         self.engine.dispose()
 
 

@@ -14,7 +14,8 @@ import os
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,7 +25,12 @@ from tuneship.entrypoints.service.files import FileStore
 from tuneship.entrypoints.service.jobs import JobStore
 from tuneship.entrypoints.service.plan import RUN_NAME, TRAIN_FILE, checkpoint_name, fine_tuned_name
 from tuneship.entrypoints.service.process import CLI, ProcessGroup, error_line, group_alive, kill_group
-from tuneship.entrypoints.service.runwatch import RunWatcher, has_checkpoint, train_metrics, valid_metrics
+from tuneship.entrypoints.service.runwatch import (
+    RunWatcher,
+    last_checkpoint_step,
+    train_metrics,
+    valid_metrics,
+)
 from tuneship.errors import ServerError, TuneshipError
 
 log = logging.getLogger(__name__)
@@ -32,6 +38,9 @@ log = logging.getLogger(__name__)
 OUTPUT_LOG = "output.log"  # a job's training output, in its directory
 POLL = 0.5  # seconds between looks at a running job (cancel, metrics, checkpoints)
 HEARTBEAT = 5  # seconds between heartbeats of a running job
+# A running job whose heartbeat is older than this has lost its worker (6 missed beats): with
+# several replicas on one database, any replica may then queue it again.
+STALE_AFTER = 6 * HEARTBEAT
 
 
 @dataclass
@@ -76,7 +85,9 @@ class Worker(threading.Thread):
         stop: threading.Event,
         kick: threading.Event,
         on_published: Callable[[], None] = lambda: None,
+        stale_after: int | None = None,
     ) -> None:
+        """``stale_after``: with replicas sharing the database, requeue jobs whose heartbeat is this old."""
         super().__init__(name=f"tuneship-worker-{index}", daemon=True)
         self.id = f"{socket.gethostname()}:{os.getpid()}:{index}"
         self.jobs = jobs
@@ -86,14 +97,20 @@ class Worker(threading.Thread):
         self.stop_event = stop
         self.kick = kick
         self.on_published = on_published
+        self.stale_after = stale_after
 
     def run(self) -> None:
+        swept = time.monotonic()
         while not self.stop_event.is_set():
             try:
+                if self.stale_after and time.monotonic() - swept > HEARTBEAT:
+                    recover(self.jobs, self.max_attempts, self.stale_after)  # a replica that died
+                    swept = time.monotonic()
                 self.jobs.advance_validations()
                 job = self.jobs.claim(self.id)
                 if job is not None:
-                    self.run_job(job)
+                    with _heartbeat(self.jobs, job.id):
+                        self.run_job(job)
                     continue
             except Exception:  # noqa: BLE001 -- one broken job must not stop the worker
                 log.exception("worker %s", self.id)
@@ -101,31 +118,44 @@ class Worker(threading.Thread):
             self.kick.clear()
 
     def run_job(self, job: Job) -> None:
-        """Train, watching for a cancel and a stop; then publish, or fail with the run's reason."""
+        """Train, watching for a cancel, a pause and a stop; then publish, or fail with the run's reason."""
         job_dir = self.jobs.job_dir(job.id)
         run_dir = job_dir / RUN_NAME
-        resume = has_checkpoint(run_dir)
-        args = [*CLI, "train", "--config", str(job_dir / TRAIN_FILE), "--resume" if resume else "--force"]
-        if resume:
-            self.jobs.add_event(job.id, "Resuming from the last checkpoint")
+        step = last_checkpoint_step(run_dir)
+        args = [
+            *CLI,
+            "train",
+            "--config",
+            str(job_dir / TRAIN_FILE),
+            "--force" if step is None else "--resume",
+        ]
+        if step is not None:
+            self.jobs.add_event(job.id, f"Resuming from the checkpoint at step {step}", data={"step": step})
         group = ProcessGroup(args, job_dir / OUTPUT_LOG, cwd=job_dir, env={**os.environ, "NO_COLOR": "1"})
         self.jobs.update_running(job.id, pid=group.pid)
         watcher = RunWatcher(run_dir)
-        beat = time.monotonic()
+        if step is not None:
+            watcher.new_rows()  # the earlier runs' entries are events already
         while (code := group.poll()) is None:
             self._report(job, watcher)
             if self.stop_event.wait(POLL):
                 group.stop()
+                self._report(job, watcher)  # what it logged last (a resumed run skips these steps)
                 self.jobs.release(job.id, "The service stopped")
                 return
-            if self.jobs.get(job.id).status != "running":  # cancelled
+            status = self.jobs.get(job.id).status
+            if status != "running":  # cancelled or paused
                 group.stop()
-                self.jobs.add_event(job.id, "Training stopped")
+                self._report(job, watcher)
+                paused = "; resume continues from the last checkpoint" if status == "paused" else ""
+                self.jobs.add_event(job.id, f"Training stopped{paused}")
                 return
-            if time.monotonic() - beat > HEARTBEAT:
-                self.jobs.update_running(job.id, heartbeat_at=now())
-                beat = time.monotonic()
         self._report(job, watcher)
+        if code < 0:  # killed by a signal we did not send (the OOM killer, a person): a lost run
+            group.stop()  # what the run had started (data loader workers) goes with it
+            self.jobs.requeue_or_fail(job.id, f"The training process was killed (signal {-code})",
+                                      self.max_attempts)  # fmt: skip
+            return
         if code != 0:
             reason = error_line(group.log_lines()) or f"training exited with code {code}"
             error = {"code": "training_failed", "message": self._readable(job, reason), "param": None}
@@ -184,13 +214,33 @@ class Worker(threading.Thread):
         return reason
 
 
-def recover(jobs: JobStore, max_attempts: int) -> None:
-    """Jobs left running by a service that is gone: stop what is left of their runs, queue them again.
+@contextmanager
+def _heartbeat(jobs: JobStore, job_id: str) -> Iterator[None]:
+    """Beat for a running job every HEARTBEAT seconds (training and publishing alike) until the block ends."""
+    done = threading.Event()
 
-    One service per SQLite file, so every running job found at start is an orphan (with several
-    replicas on PostgreSQL, only jobs with a stale heartbeat are).
+    def beat() -> None:
+        while not done.wait(HEARTBEAT):
+            jobs.update_running(job_id, heartbeat_at=now())
+
+    thread = threading.Thread(target=beat, name=f"tuneship-heartbeat-{job_id}", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
+def recover(jobs: JobStore, max_attempts: int, stale_after: int | None = None) -> None:
+    """Jobs left running by a worker that is gone: stop what is left of their runs, queue them again.
+
+    ``stale_after=None``: every running job is an orphan (one service per SQLite file, at its
+    start). With several replicas on PostgreSQL, only jobs whose heartbeat is ``stale_after``
+    seconds old are: a live replica's job is never taken.
     """
-    for job in jobs.running_on():
+    stale_before = now() - stale_after if stale_after else None
+    for job in jobs.running_on(stale_before):
         if job.pid and group_alive(job.pid) and _runs_job(job.pid, job.id):
             kill_group(job.pid)
         jobs.requeue_or_fail(job.id, "The worker running the job stopped", max_attempts)

@@ -6,8 +6,11 @@ need the model server wait for it (:meth:`Service.wait_ready`), the others run w
 
 from __future__ import annotations
 
+import os
+import shutil
 import signal
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -30,17 +33,34 @@ TRAIN_SETTINGS = {
 class Service:
     """A `tuneship service` subprocess with its home, port and keys."""
 
-    def __init__(self, home: Path, base: Path, log: Path, upload_limit_mb: float = 1.0) -> None:
+    def __init__(
+        self,
+        home: Path,
+        base: Path,
+        log: Path,
+        upload_limit_mb: float = 1.0,
+        database_url: str = "",
+        keys: tuple[str, str] | None = None,
+        eager: bool = False,
+    ) -> None:
+        """``database_url`` and ``keys``: a replica of a service whose records and keys it shares;
+        ``eager``: its vLLM starts without the compile warm-up (two starting at once on 2 cores)."""
         self.home, self.base, self.log = home, base, log
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
         self.upload_limit_mb = upload_limit_mb
+        self.database_url = database_url
+        self.eager = eager
         self.process: subprocess.Popen | None = None
-        self.admin_key = self.create_key("admin", "admin")
-        self.user_key = self.create_key("someone", "user")
+        self.admin_key, self.user_key = keys or (
+            self.create_key("admin", "admin"),
+            self.create_key("someone", "user"),
+        )
 
     def create_key(self, name: str, role: str) -> str:
         args = [*CLI, "service", "keys", "create", "--name", name, "--role", role, "--home", str(self.home)]
+        if self.database_url:
+            args += ["--database-url", self.database_url]
         return subprocess.run(args, capture_output=True, text=True, check=True).stdout.strip()
 
     def start(self) -> None:
@@ -51,6 +71,10 @@ class Service:
         ]  # fmt: skip
         for name, value in TRAIN_SETTINGS.items():
             args += ["--train-setting", f"{name}={value}"]
+        if self.database_url:
+            args += ["--database-url", self.database_url]
+        if self.eager:
+            args.append("--eager")
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
         self._wait(lambda: self._status("/health") in (200, 503), "the API to answer", 180)
@@ -116,3 +140,46 @@ def service(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory):
 def train_file(ticket_rows: list[dict], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """64 ticket conversations: 8 steps an epoch at the service's batch size."""
     return write_rows(tmp_path_factory.mktemp("data") / "train.jsonl", ticket_rows[:64])
+
+
+PG_BIN = Path("/usr/lib/postgresql/15/bin")  # Debian's PostgreSQL 15
+
+
+def _ensure_postgresql() -> None:
+    """Install Debian's ``postgresql`` package when its server binaries are missing (root, apt-get)."""
+    if (PG_BIN / "pg_ctl").is_file():
+        return
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        pytest.fail(f"no PostgreSQL server in {PG_BIN}; install Debian's postgresql package (needs root)")
+    done = subprocess.run(
+        ["apt-get", "install", "-y", "-q", "postgresql"], capture_output=True, text=True, timeout=600
+    )
+    if done.returncode != 0 or not (PG_BIN / "pg_ctl").is_file():
+        pytest.fail(f"apt-get install postgresql failed: {done.stderr[-300:]}")
+
+
+def _as_postgres(command: list[str]) -> subprocess.CompletedProcess:
+    """Run a server command as the ``postgres`` user (initdb refuses to run as root)."""
+    prefix = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+    return subprocess.run([*prefix, *command], capture_output=True, text=True, timeout=120)
+
+
+@pytest.fixture(scope="module")
+def postgres():
+    """A real PostgreSQL server in a temporary directory for the module: its SQLAlchemy URL."""
+    _ensure_postgresql()
+    work = Path(tempfile.mkdtemp(prefix="tspg-", dir="/tmp"))
+    data, port = work / "data", free_port()
+    if os.geteuid() == 0:
+        shutil.chown(work, "postgres", "postgres")
+    made = _as_postgres([str(PG_BIN / "initdb"), "-D", str(data), "-A", "trust", "-U", "postgres"])
+    assert made.returncode == 0, made.stderr
+    options = f"-p {port} -k {work} -c listen_addresses=127.0.0.1"
+    ctl = [str(PG_BIN / "pg_ctl"), "-D", str(data), "-l", str(work / "server.log"), "-w"]
+    started = _as_postgres([*ctl, "-o", options, "start"])
+    assert started.returncode == 0, started.stdout + started.stderr
+    try:
+        yield f"postgresql+psycopg://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        _as_postgres([*ctl, "-m", "fast", "stop"])
+        shutil.rmtree(work, ignore_errors=True)

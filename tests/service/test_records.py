@@ -109,3 +109,22 @@ def test_a_bad_service_setting_is_one_clear_line(tmp_path):
         result.output.strip()
         == "Error: invalid settings: train_settings: data: set by each job, not by the service"
     )
+
+
+def test_a_job_whose_runs_keep_getting_lost_fails_after_max_attempts(tmp_path):
+    from tuneship.entrypoints.service.db import Job, connect, sessions
+    from tuneship.entrypoints.service.jobs import JobStore
+
+    engine = connect(f"sqlite:///{tmp_path / 'records.db'}")
+    store = JobStore(sessions(engine), None, None, "tiny-base", None)
+    with store.sessions.begin() as session:
+        session.add(Job(id="ftjob-1", model="tiny-base", training_file="file-x", seed=1,
+                        method={"type": "supervised"}, status="queued", result_files=[]))  # fmt: skip
+    for _ in range(3):
+        assert store.claim("w").id == "ftjob-1"
+        store.requeue_or_fail("ftjob-1", "The training process was killed (signal 9)", max_attempts=3)
+    job = store.get("ftjob-1")
+    assert job.status == "failed" and job.error["code"] == "training_lost"
+    assert job.error["message"] == "The training process was killed (signal 9) (after 3 attempts)"
+    assert store.claim("w") is None
+    engine.dispose()

@@ -7,6 +7,7 @@ The tests run in file order and share the service (and its records) as a team wo
 from __future__ import annotations
 
 import json
+import signal
 import socket
 import time
 from pathlib import Path
@@ -202,6 +203,42 @@ def test_cancel_while_running_stops_the_training(service):
         client.fine_tuning.jobs.cancel(client.fine_tuning.jobs.list().data[-1].id)  # failed already
 
 
+def test_a_killed_run_and_a_paused_job_continue_from_their_checkpoints(service):
+    client = service.client()
+    upload = client.files.list(purpose="fine-tune").data[0]  # the good file, checked already
+    job = client.fine_tuning.jobs.create(
+        model="tiny-base", training_file=upload.id, hyperparameters={"n_epochs": 10}
+    )  # 80 steps, a checkpoint every 27
+    killed_at = wait_for_checkpoint(client, job.id, above=0)
+    for process in training_processes(job.id):  # SIGKILL, as the OOM killer would
+        process.send_signal(signal.SIGKILL)
+    resumed = wait_for_event(client, job.id, "Resuming from the checkpoint at step")
+    assert resumed.data["step"] >= killed_at > 0
+    messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=200)]
+    assert "The training process was killed (signal 9); the job is queued again" in messages
+
+    paused = client.fine_tuning.jobs.pause(job.id)  # the resumed run, as it starts
+    assert paused.status == "paused"
+    deadline = time.monotonic() + 60
+    while training_processes(job.id) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert training_processes(job.id) == []
+    assert client.fine_tuning.jobs.retrieve(job.id).status == "paused"
+    with pytest.raises(openai.BadRequestError, match="only a queued or running job can be paused"):
+        client.fine_tuning.jobs.pause(job.id)
+    assert client.fine_tuning.jobs.resume(job.id).status == "queued"
+    job = wait_for(client, job.id, ("succeeded", "failed", "cancelled"))
+    assert job.status == "succeeded", job.error
+    steps = [e.data["step"] for e in client.fine_tuning.jobs.list_events(job.id, limit=200)
+             if e.message.startswith("Resuming from the checkpoint at step")]  # fmt: skip
+    assert len(steps) == 2 and steps[0] >= steps[1] > 0  # newest first
+    assert client.fine_tuning.jobs.checkpoints.list(job.id).data[0].step_number == 80
+    metrics = [e for e in client.fine_tuning.jobs.list_events(job.id, limit=500) if e.type == "metrics"]
+    assert sorted(e.data["step"] for e in metrics) == list(range(1, 81))  # each step once, three runs
+    with pytest.raises(openai.BadRequestError, match="only a paused job can be resumed"):
+        client.fine_tuning.jobs.resume(job.id)
+
+
 def test_a_restart_keeps_files_jobs_and_events_and_serves_the_models(service):
     client = service.client()
     before = (client.files.list().data, client.fine_tuning.jobs.list().data)
@@ -228,6 +265,31 @@ def wait_for(client, job_id: str, statuses: tuple[str, ...], timeout: float = 40
             return job
         time.sleep(1)
     raise AssertionError(f"job {job_id} still {job.status} after {timeout}s")
+
+
+def wait_for_checkpoint(client, job_id: str, above: int, timeout: float = 400) -> int:
+    """Poll a running job until it has a checkpoint after step ``above``; that step."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        steps = [c.step_number for c in client.fine_tuning.jobs.checkpoints.list(job_id).data]
+        if steps and max(steps) > above:
+            return max(steps)
+        assert client.fine_tuning.jobs.retrieve(job_id).status in ("validating_files", "queued", "running")
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} has no checkpoint after step {above} after {timeout}s")
+
+
+def wait_for_event(client, job_id: str, start: str, timeout: float = 120):
+    """Poll a job's events until one begins with ``start``; that event."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = [
+            e for e in client.fine_tuning.jobs.list_events(job_id, limit=100) if e.message.startswith(start)
+        ]
+        if found:
+            return found[0]
+        time.sleep(0.5)
+    raise AssertionError(f"job {job_id} has no event {start!r} after {timeout}s")
 
 
 def training_processes(job_id: str) -> list[psutil.Process]:
