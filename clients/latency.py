@@ -118,7 +118,7 @@ async def _timed(
 async def _run(
     endpoint: str,
     api_key: str | None,
-    model: str,
+    model: str | list[str],
     prompts: list[list[dict]],
     concurrency: int,
     max_tokens: int,
@@ -128,25 +128,27 @@ async def _run(
     client = make_client(endpoint, api_key, timeout=600, retries=0)  # a retry would hide in the timing
     failed = 0
 
-    async def one(messages: list[dict]) -> RequestTiming | None:
+    models = [model] if isinstance(model, str) else model
+
+    async def one(i: int, messages: list[dict]) -> RequestTiming | None:
         nonlocal failed
         async with semaphore:
             try:
-                return await _timed(client, model, messages, max_tokens, ignore_eos)
+                return await _timed(client, models[i % len(models)], messages, max_tokens, ignore_eos)
             except Exception:  # a failed request is counted, not timed
                 failed += 1
                 return None
 
     async with client:
         started = time.perf_counter()
-        results = await asyncio.gather(*(one(p) for p in prompts))
+        results = await asyncio.gather(*(one(i, p) for i, p in enumerate(prompts)))
         duration = time.perf_counter() - started
-    return LatencyResult(model, concurrency, [r for r in results if r], duration, failed)
+    return LatencyResult("+".join(models), concurrency, [r for r in results if r], duration, failed)
 
 
 def measure_latency(
     endpoint: str,
-    model: str,
+    model: str | list[str],
     prompts: list[list[dict]],
     concurrency: int = 8,
     max_tokens: int = 64,
@@ -156,6 +158,7 @@ def measure_latency(
     """Send every prompt (chat messages) streamed, ``concurrency`` at a time, and time each.
 
     ``ignore_eos`` (vLLM's extension) makes every request produce exactly ``max_tokens``,
-    so that arms whose answers differ in length are compared on equal work.
+    so that arms whose answers differ in length are compared on equal work. A list of models
+    sends mixed traffic: prompt i goes to ``model[i % len(model)]``.
     """
     return asyncio.run(_run(endpoint, api_key, model, prompts, concurrency, max_tokens, ignore_eos))
