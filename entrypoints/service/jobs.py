@@ -97,15 +97,9 @@ class JobStore:
 
     def cancel(self, job_id: str) -> Job:
         """Cancel an unfinished job (a running one's worker stops its processes); 400 when it has finished."""
-        with self.sessions.begin() as session:
-            changed = session.execute(
-                update(Job)
-                .where(Job.id == job_id, Job.status.in_(UNFINISHED))
-                .values(status="cancelled", finished_at=now())
-            ).rowcount
-            if changed:
-                add_event(session, job_id, "Job cancelled")
-        job = self.get(job_id)
+        job, changed = self._transition(
+            job_id, Job.status.in_(UNFINISHED), "Job cancelled", status="cancelled", finished_at=now()
+        )
         if not changed and job.status != "cancelled":
             raise APIError(400, f"job {job_id} has already {job.status}", code="job_finished")
         return job
@@ -257,19 +251,14 @@ class JobStore:
 
     def pause(self, job_id: str) -> Job:
         """Pause a queued or running job (its worker stops the training); 400 in any other state."""
-        with self.sessions.begin() as session:
-            changed = session.execute(
-                update(Job)
-                .where(Job.id == job_id, Job.status.in_(("queued", "running")))
-                .values(
-                    status="paused",
-                    # A paused run is not a lost one: it does not count against max_attempts.
-                    attempts=case((Job.status == "running", Job.attempts - 1), else_=Job.attempts),
-                )
-            ).rowcount
-            if changed:
-                add_event(session, job_id, "Job paused")
-        job = self.get(job_id)
+        job, changed = self._transition(
+            job_id,
+            Job.status.in_(("queued", "running")),
+            "Job paused",
+            status="paused",
+            # A paused run is not a lost one: it does not count against max_attempts.
+            attempts=case((Job.status == "running", Job.attempts - 1), else_=Job.attempts),
+        )
         if not changed:
             raise APIError(400, f"job {job_id} is {job.status}; only a queued or running job can be paused",
                            code="invalid_job_state")  # fmt: skip
@@ -277,17 +266,23 @@ class JobStore:
 
     def resume(self, job_id: str) -> Job:
         """Queue a paused job again (it continues from its last checkpoint); 400 when it is not paused."""
-        with self.sessions.begin() as session:
-            changed = session.execute(
-                update(Job).where(Job.id == job_id, Job.status == "paused").values(status="queued")
-            ).rowcount
-            if changed:
-                add_event(session, job_id, "Job resumed, moving job to queued state")
-        job = self.get(job_id)
+        job, changed = self._transition(
+            job_id, Job.status == "paused", "Job resumed, moving job to queued state", status="queued"
+        )
         if not changed:
             raise APIError(400, f"job {job_id} is {job.status}; only a paused job can be resumed",
                            code="invalid_job_state")  # fmt: skip
         return job
+
+    def _transition(self, job_id: str, condition: Any, event: str, **values: Any) -> tuple[Job, bool]:
+        """One conditional UPDATE of a job and its event: (the job afterwards, whether it changed)."""
+        with self.sessions.begin() as session:
+            changed = session.execute(
+                update(Job).where(Job.id == job_id, condition).values(**values)
+            ).rowcount
+            if changed:
+                add_event(session, job_id, event)
+        return self.get(job_id), bool(changed)
 
     def update_running(self, job_id: str, **values: Any) -> bool:
         """Set fields of a job that is still running (a heartbeat, a pid); False when it is not."""

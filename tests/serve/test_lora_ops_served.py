@@ -49,8 +49,15 @@ def test_base_requests_stay_base_beside_adapter_requests_and_adapter_answers_mat
 
     monkeypatch.setenv("TUNESHIP_CPU_LORA_OPS", "stock")
     # One adapter slot, so slot -1 (no adapter) wraps to the adapter in vLLM's ops.
-    config = registry_server_config(registry.root, tmp_path, BASE, base=str(tiny_base), max_loras=1)
-    config = config.model_copy(update={"registry": "", "adapters": {ADAPTER: str(registry.root / ADAPTER)}})
+    config = registry_server_config(
+        registry.root,
+        tmp_path,
+        BASE,
+        base=str(tiny_base),
+        max_loras=1,
+        registry="",
+        adapters={ADAPTER: str(registry.root / ADAPTER)},
+    )
     with VLLMServer(config) as stock_server:
         stock = _answers(stock_server.url, prompts)
 
