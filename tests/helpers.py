@@ -322,3 +322,23 @@ def bad_adapters(good: Path, foreign: Path, tiny_base: Path, out: Path) -> dict[
     weights.unlink()
     (kinds["no-weights"] / "adapter_model.safetensors").unlink()
     return kinds
+
+
+def answers_differ(client, model: str, base: str = "tiny-base") -> None:
+    """Greedy answers on training prompts: the fine-tuned model's differ from the base's."""
+    rows = [json.loads(line) for line in (TICKETS / "train.jsonl").read_text().splitlines()[:6]]
+    differ = 0
+    for row in rows:
+        prompt = row["messages"][:-1]
+        answers = [
+            client.chat.completions.create(model=m, messages=prompt, max_tokens=12, temperature=0)
+            for m in (base, model)
+        ]
+        assert answers[1].model == model
+        differ += answers[0].choices[0].message.content != answers[1].choices[0].message.content
+    assert differ >= 4
+    stream = client.chat.completions.create(
+        model=model, messages=rows[0]["messages"][:-1], max_tokens=8, temperature=0, stream=True
+    )
+    chunks = list(stream)
+    assert len(chunks) > 2 and {c.model for c in chunks} == {model}

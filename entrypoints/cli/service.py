@@ -14,12 +14,13 @@ from tuneship.entrypoints.cli import friendly_errors
 # The service's settings model imports nothing heavy; its flags come from it.
 from tuneship.entrypoints.service.config import ServiceConfig
 
-FLAGS = {"train_settings": "--train-setting"}
+FLAGS = {"train_settings": "--train-setting", "backends": "--backend"}
+METAVARS = {"train_settings": "NAME=VALUE", "backends": "URL[#KEY_ENVVAR]"}
 ENV = {"home": "TUNESHIP_SERVICE_HOME", "database_url": "TUNESHIP_DATABASE_URL"}
 
 
 @click.group(invoke_without_command=True)
-@options_from(ServiceConfig, flags=FLAGS, envvars=ENV, metavars={"train_settings": "NAME=VALUE"})
+@options_from(ServiceConfig, flags=FLAGS, envvars=ENV, metavars=METAVARS)
 @click.pass_context
 @friendly_errors
 def service(ctx: click.Context, **options: Any) -> None:

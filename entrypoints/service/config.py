@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
+from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator, model_validator
 
@@ -33,10 +36,24 @@ class ServiceConfig(Settings):
     upload_limit_mb: float = Field(512.0, gt=0, description="largest file upload in MiB (413 beyond it)")
     workers: int = Field(1, ge=0, description="training jobs run at once by this process (0: none)")
     max_attempts: int = Field(3, ge=1, description="runs of one job before it fails (a lost worker retries)")
+    executor: Literal["local", "ray"] = Field(
+        "local", description="where jobs train: a subprocess of this service, or a job on a Ray cluster"
+    )
+    ray_address: str = Field(
+        "", description="executor=ray: the Ray dashboard's URL (job submission), e.g. http://HEAD:8265"
+    )
+    ray_cpus: float = Field(1.0, ge=0, description="executor=ray: CPUs each job's training reserves")
+    ray_gpus: float = Field(
+        0.0, ge=0, description="executor=ray: GPUs each job's training reserves (0: it trains on CPU)"
+    )
     train_settings: dict[str, str] = Field(
         default_factory=dict,
         description="training setting applied to every job (repeatable), e.g. precision=fp32",
     )
+    job_reports: bool = Field(
+        True, description="with a validation file, A/B the job's model against the base (tuneship ab) "
+        "and check its fidelity (tuneship verify); the reports become result files"
+    )  # fmt: skip
     kv_cache_gb: int = Field(2, ge=1, description="CPU only: GiB of KV cache of the managed vLLM")
     max_model_len: int = Field(0, ge=0, description="maximum tokens per request (0: the model's context)")
     max_loras: int = Field(4, ge=1, description="adapters the managed vLLM holds at once")
@@ -44,6 +61,11 @@ class ServiceConfig(Settings):
     eager: bool = Field(False, description="start vLLM without its torch.compile warm-up (--enforce-eager)")
     vllm_port: int = Field(0, ge=0, le=65535, description="port of the managed vLLM on 127.0.0.1 (0: free)")
     startup_timeout: float = Field(600.0, gt=0, description="seconds to wait for vLLM to become ready")
+    backends: list[str] = Field(
+        default_factory=list,
+        description="an OpenAI-compatible server this service did not start (repeatable): URL, or "
+        "URL#ENVVAR to send the key in that environment variable; requests for a model it lists go to it",
+    )
 
     @field_validator("train_settings")
     @classmethod
@@ -53,11 +75,19 @@ class ServiceConfig(Settings):
             raise ValueError(f"{', '.join(owned)}: set by each job, not by the service")
         return settings
 
+    @field_validator("backends")
+    @classmethod
+    def _backend_urls(cls, backends: list[str]) -> list[str]:
+        refuse([p for p in (backend_problem(b) for b in backends) if p])
+        return backends
+
     @model_validator(mode="after")
     def _consistent(self) -> ServiceConfig:
         problems = []
         if self.vllm_port and self.vllm_port == self.port:
             problems.append("vllm_port: the managed vLLM needs a port of its own")
+        if self.executor == "ray" and not self.ray_address:
+            problems.append("ray_address: executor=ray needs the Ray dashboard's URL (http://HEAD:8265)")
         refuse(problems)
         return self
 
@@ -65,6 +95,31 @@ class ServiceConfig(Settings):
     def upload_limit(self) -> int:
         """The upload limit in bytes."""
         return int(self.upload_limit_mb * 1024 * 1024)
+
+
+def backend_problem(spec: str) -> str | None:
+    """What is wrong with a ``--backend`` value (``URL`` or ``URL#ENVVAR``), or None."""
+    url, _, envvar = spec.partition("#")
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        return f"backend {spec!r}: not an http(s) URL such as http://HOST:8000"
+    try:
+        parts.port  # noqa: B018 (raises on a port that is not a number)
+    except ValueError:
+        return f"backend {spec!r}: bad port"
+    if parts.query or parts.path.rstrip("/") not in ("", "/v1"):
+        return f"backend {spec!r}: give the server's root URL (http://HOST:PORT or .../v1), nothing else"
+    if envvar and not envvar.isidentifier():
+        return f"backend {spec!r}: {envvar!r} after '#' is not an environment variable's name"
+    if envvar and not os.environ.get(envvar):
+        return f"backend {spec!r}: the environment variable {envvar} (its API key) is not set"
+    return None
+
+
+def backend_address(spec: str) -> tuple[str, str | None]:
+    """A validated ``--backend`` value's root URL (no ``/v1``) and API key (from its ``#ENVVAR``)."""
+    url, _, envvar = spec.partition("#")
+    return url.rstrip("/").removesuffix("/v1"), os.environ[envvar] if envvar else None
 
 
 @dataclass(frozen=True)

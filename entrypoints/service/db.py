@@ -115,6 +115,8 @@ class Checkpoint(Base):
     path: Mapped[str | None] = mapped_column(String(1024), nullable=True)
     final: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[int] = mapped_column(Integer, default=now)
+    # The registry name it is served under once its job succeeded (None: not servable, e.g. gone).
+    registry_name: Mapped[str | None] = mapped_column(String(128), nullable=True)
 
 
 def _sqlite_pragmas(connection: Any, record: Any) -> None:

@@ -125,16 +125,38 @@ class JobStore:
         return self._page(Checkpoint, job_id, after, limit)
 
     def fine_tuned(self) -> dict[str, str]:
-        """``{public model name: registry name}`` of every succeeded job and its final checkpoint."""
+        """``{public model name: registry name}`` of every succeeded job and its checkpoints.
+
+        The final checkpoint is the job's model; an earlier one is served under its own registry
+        name once the job has succeeded (``registry_name``; None when it could not be kept).
+        """
         with self.sessions() as session:
             served = (Job.status == "succeeded") & Job.registry_name.is_not(None)
             rows = session.execute(select(Job.fine_tuned_model, Job.registry_name).where(served)).all()
-            finals = session.execute(
-                select(Checkpoint.fine_tuned_model_checkpoint, Job.registry_name)
+            checkpoints = session.execute(
+                select(
+                    Checkpoint.fine_tuned_model_checkpoint,
+                    Job.registry_name,
+                    Checkpoint.registry_name,
+                    Checkpoint.final,
+                )
                 .join(Job, Job.id == Checkpoint.job_id)
-                .where(served, Checkpoint.final)
+                .where(served)
             ).all()
-        return {public: name for public, name in [*rows, *finals] if public}
+        names = {public: name for public, name in rows if public}
+        for public, job_name, own_name, final in checkpoints:
+            if final or own_name:
+                names[public] = job_name if final else own_name
+        return names
+
+    def serve_checkpoint(self, job_id: str, step: int, registry_name: str) -> None:
+        """Record that a job's checkpoint at ``step`` is in the registry as ``registry_name``."""
+        with self.sessions.begin() as session:
+            session.execute(
+                update(Checkpoint)
+                .where(Checkpoint.job_id == job_id, Checkpoint.step_number == step)
+                .values(registry_name=registry_name)
+            )
 
     # -- the workers' side ----------------------------------------------------------------------
 

@@ -2,14 +2,19 @@
 
 :class:`Router` knows which backend serves a model and under which name: the managed vLLM serves
 the base, the registry's adapters, and fine-tuned models (``ft:BASE:SUFFIX:JOBID``, registered
-under their job id because registry names are plain path components). Backends given by URL
-(``--backend``, next) join the same list; the first one that lists a model serves it.
+under their job id because registry names are plain path components). Servers given by URL
+(``--backend``) join the same list: a model the managed vLLM does not own goes to the first of
+them that lists it, an answering one first. Their lists are read from their ``/v1/models`` on
+every listing of the front door's, and on a request for a name nobody lists (at most once a
+second, so unknown names cannot flood them); one that does not answer is skipped.
 :class:`FrontDoor` forwards with httpx streaming, so tokens reach the client as vLLM sends them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
@@ -24,7 +29,10 @@ from starlette.responses import StreamingResponse
 from tuneship.artifacts import ADAPTER_CONFIG
 from tuneship.entrypoints.service.schemas import APIError
 
+log = logging.getLogger(__name__)
 PASSED_HEADERS = ("content-type", "x-request-id", "cache-control")
+MISS_GUARD = 1.0  # seconds between two refreshes of the backends' lists caused by unknown names
+LIST_TIMEOUT = 5.0  # seconds a backend may take to list its models
 
 
 @dataclass
@@ -35,6 +43,9 @@ class Backend:
     api_key: str | None = None
     managed: bool = False  # started by this service (the registry's adapters are served by it)
     models: set[str] = field(default_factory=set)  # of a server given by URL: refreshed from /v1/models
+    listed: list[dict[str, Any]] = field(default_factory=list)  # its /v1/models entries, as it gave them
+    up: bool = True  # it answered last time it was asked
+    checked: float = float("-inf")  # time.monotonic() of the last refresh of ``models``
 
     def headers(self) -> dict[str, str]:
         return {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
@@ -66,10 +77,26 @@ class Router:
         if upstream is None and model and model.startswith("ft:"):
             self.refresh()  # finished by another replica, or since the last refresh
             upstream = self.aliases.get(model)
-        for backend in self.backends:
-            if not backend.managed and model in backend.models:
-                return backend, model
+        remote = self.serving(model) if upstream is None and model != self.base_name else []
+        if remote:
+            return remote[0], model
         return self.backends[0], upstream or model
+
+    @property
+    def remote(self) -> list[Backend]:
+        """The servers given by URL."""
+        return [b for b in self.backends if not b.managed]
+
+    def serving(self, model: str | None) -> list[Backend]:
+        """The servers given by URL that list ``model``, answering ones first."""
+        return sorted((b for b in self.remote if model in b.models), key=lambda b: not b.up)
+
+    def known(self, model: str) -> bool:
+        """Whether some backend serves ``model`` as far as this router knows (without asking them)."""
+        if model == self.base_name or model in self.aliases or self.serving(model):
+            return True
+        plain = "/" not in model and model not in ("", ".", "..")
+        return plain and (self.registry / model / ADAPTER_CONFIG).is_file()
 
     def public_names(self) -> dict[str, str]:
         """Upstream name -> the public name listed for it (a fine-tuned model's, not its job id)."""
@@ -95,6 +122,7 @@ class FrontDoor:
             timeout=httpx.Timeout(None, connect=5.0),
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
         )
+        self._refreshing = asyncio.Lock()
 
     async def close(self) -> None:
         await self.client.aclose()
@@ -104,21 +132,35 @@ class FrontDoor:
         body = await request.body()
         payload = _json(body) if request.method == "POST" else None
         model = payload.get("model") if isinstance(payload, dict) else None
-        backend, upstream = self.router.route(model if isinstance(model, str) else None)
+        model = model if isinstance(model, str) else None
+        if model and self.router.remote and not self.router.known(model):
+            await self.refresh_backends(max_age=MISS_GUARD)  # a backend may list it since
+        backend, upstream = self.router.route(model)
         rewrite = None
         if isinstance(payload, dict) and isinstance(model, str) and upstream and upstream != model:
             body = json.dumps({**payload, "model": upstream}).encode()
             rewrite = (upstream, model)
         headers = {
-            **backend.headers(),
             "content-type": request.headers.get("content-type", "application/json"),
             "accept": request.headers.get("accept", "*/*"),
             "accept-encoding": "identity",
         }
-        upstream_request = self.client.build_request(
-            request.method, backend.url + path, params=request.query_params, content=body, headers=headers
-        )
-        response = await self._send(upstream_request)
+        candidates = [backend] if backend.managed else self.router.serving(model)
+        for backend in candidates:
+            upstream_request = self.client.build_request(
+                request.method,
+                backend.url + path,
+                params=request.query_params,
+                content=body,
+                headers={**backend.headers(), **headers},
+            )
+            try:
+                response = await self._send(upstream_request, backend, model)
+                break
+            except APIError:
+                # Not connected: nothing was sent, so the next server that lists the model gets it.
+                if backend.up or backend is candidates[-1]:
+                    raise
         passed = {k: v for k, v in response.headers.items() if k.lower() in PASSED_HEADERS}
         chunks = response.aiter_raw() if rewrite is None else _renamed(response.aiter_raw(), *rewrite)
         return StreamingResponse(
@@ -128,21 +170,51 @@ class FrontDoor:
             background=BackgroundTask(response.aclose),
         )
 
-    async def _send(self, request: httpx.Request) -> httpx.Response:
+    async def _send(
+        self, request: httpx.Request, backend: Backend | None = None, model: str | None = None
+    ) -> httpx.Response:
         try:
-            return await self.client.send(request, stream=True)
+            response = await self.client.send(request, stream=True)
         except httpx.TransportError as e:
-            raise APIError(
-                503,
-                f"the model server is not answering (starting, or stopped): {type(e).__name__}",
-                code="model_server_unavailable",
-            ) from None
+            if backend is None or backend.managed:
+                message = f"the model server is not answering (starting, or stopped): {type(e).__name__}"
+            else:
+                backend.up = not isinstance(e, (httpx.ConnectError, httpx.ConnectTimeout))
+                message = f"the server of {model!r}, {backend.url}, is not answering: {type(e).__name__}"
+            raise APIError(503, message, code="model_server_unavailable") from None
+        if backend is not None:
+            backend.up = True
+        return response
+
+    async def refresh_backends(self, max_age: float = 0.0) -> None:
+        """Read the model lists of the servers given by URL, of those not read in ``max_age`` seconds."""
+        async with self._refreshing:  # one refresh at a time; a waiting one finds the lists fresh
+            now = time.monotonic()
+            due = [b for b in self.router.remote if now - b.checked >= max_age]
+            await asyncio.gather(*(self._list(b) for b in due))
+
+    async def _list(self, backend: Backend) -> None:
+        """``backend``'s models from its ``/v1/models`` (a server that does not answer keeps its last)."""
+        backend.checked = time.monotonic()
+        try:
+            response = await self.client.get(
+                backend.url + "/v1/models", headers=backend.headers(), timeout=LIST_TIMEOUT
+            )
+            response.raise_for_status()
+            listed = [m for m in response.json()["data"] if isinstance(m.get("id"), str)]
+        except (httpx.HTTPError, ValueError, KeyError, TypeError, AttributeError) as e:
+            if backend.up:
+                log.warning("Backend %s did not list its models: %s", backend.url, e or type(e).__name__)
+            backend.up = False
+            return
+        backend.listed, backend.models, backend.up = listed, {m["id"] for m in listed}, True
 
     async def models(self) -> dict[str, Any]:
-        """``/v1/models``: the base, live and loadable adapters, fine-tuned models (with ``parent``)."""
+        """``/v1/models``: the base, live and loadable adapters, fine-tuned models (with ``parent``),
+        then the models of the answering servers given by URL (as they list them)."""
         backend = self.router.backends[0]
         request = self.client.build_request("GET", backend.url + "/v1/models", headers=backend.headers())
-        response = await self._send(request)
+        response, _ = await asyncio.gather(self._send(request), self.refresh_backends())
         await response.aread()
         if response.status_code != 200:
             raise APIError(503, "the model server did not list its models", code="model_server_unavailable")
@@ -164,6 +236,9 @@ class FrontDoor:
                     "root": None,
                     "parent": self.router.base_name,
                 }
+        for remote in self.router.remote:
+            for model in remote.listed if remote.up else []:
+                listed.setdefault(model["id"], model)  # a name the managed vLLM owns stays its
         return {"object": "list", "data": list(listed.values())}
 
 

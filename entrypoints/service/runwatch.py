@@ -10,10 +10,18 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
-from tuneship.artifacts import CHECKPOINTS_DIR, METRICS
+from tuneship.artifacts import (
+    ADAPTER_CONFIG,
+    ADAPTER_WEIGHTS,
+    CHAT_TEMPLATE,
+    CHECKPOINTS_DIR,
+    METRICS,
+    atomic_dir,
+)
 
 # OpenAI's metrics CSV columns, then the ones training logs beyond them.
 CSV_COLUMNS = (
@@ -41,6 +49,25 @@ def last_checkpoint_step(run_dir: Path) -> int | None:
         if p.name.rsplit("-", 1)[1].isdigit() and (p / "trainer_state.json").is_file()
     ]
     return max(steps, default=None)
+
+
+def keep_adapter(checkpoint: Path, into: Path) -> Path | None:
+    """Copy a checkpoint's adapter (config, weights, chat template; no optimizer state) to ``into``.
+
+    Training keeps only its last two checkpoints (it deletes older ones as it saves), so a
+    checkpoint that is to be served later is copied as soon as it is complete. Returns ``into``,
+    or None when the checkpoint holds no adapter (full fine-tuning) or is gone already.
+    """
+    if not (checkpoint / ADAPTER_CONFIG).is_file():
+        return None
+    try:
+        with atomic_dir(into, force=True) as tmp:
+            for name in (ADAPTER_CONFIG, ADAPTER_WEIGHTS, CHAT_TEMPLATE):
+                if (checkpoint / name).is_file():
+                    shutil.copyfile(checkpoint / name, tmp / name)
+    except FileNotFoundError:
+        return None  # deleted by training's rotation while being copied
+    return into
 
 
 def train_metrics(row: dict[str, Any]) -> dict[str, Any] | None:

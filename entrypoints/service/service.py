@@ -17,8 +17,10 @@ import threading
 import time
 
 from tuneship.artifacts import write_yaml
-from tuneship.entrypoints.service.config import Paths, ServiceConfig
+from tuneship.entrypoints.service.config import Paths, ServiceConfig, backend_address
 from tuneship.entrypoints.service.db import connect, sessions
+from tuneship.entrypoints.service.evaluation import Evaluator
+from tuneship.entrypoints.service.executor import executor_from
 from tuneship.entrypoints.service.files import FileStore, Preflight
 from tuneship.entrypoints.service.jobs import JobStore
 from tuneship.entrypoints.service.keys import KeyRing
@@ -63,7 +65,8 @@ class Service:
         self.files = FileStore(self.sessions, self.paths)
         self.jobs = JobStore(self.sessions, self.paths, self.files, self.base_name, self.defaults)
         backend = Backend(self.vllm.url.removesuffix("/v1"), self._internal_key, managed=True)
-        self.router = Router([backend], self.jobs.fine_tuned, self.paths.registry, self.base_name)
+        remote = [Backend(*backend_address(spec)) for spec in config.backends]  # --backend URL
+        self.router = Router([backend, *remote], self.jobs.fine_tuned, self.paths.registry, self.base_name)
         self.stop_event = threading.Event()
         self.kick = threading.Event()
         self.ready = threading.Event()
@@ -71,16 +74,22 @@ class Service:
         publisher = Publisher(
             self.paths.registry,
             str(self.vllm.base.path),
-            lambda: self.vllm.url if self.ready.is_set() else None,
+            self._ready_url,
             self._internal_key,
-            self.paths.logs,
         )
+        self.executor = executor_from(config)  # training here, or on a Ray cluster
+        evaluator = Evaluator(self._ready_url, self._internal_key, self.base_name, self.stop_event)
         self.workers = [
             Worker(i, self.jobs, self.files, publisher, config.max_attempts, self.stop_event, self.kick,
-                   self.router.refresh, self.stale_after)
+                   self.router.refresh, self.stale_after, evaluator if config.job_reports else None,
+                   executor=self.executor)
             for i in range(config.workers)
         ]  # fmt: skip
         self._watcher = threading.Thread(target=self._watch_vllm, name="tuneship-vllm-watch", daemon=True)
+
+    def _ready_url(self) -> str | None:
+        """The managed vLLM's /v1 URL once it answers (None before)."""
+        return self.vllm.url if self.ready.is_set() else None
 
     @property
     def model_names(self) -> tuple[str, ...]:
@@ -114,7 +123,7 @@ class Service:
         """Recover what a previous run left, then start vLLM, the preflight and the workers."""
         defaults = self.defaults.model_dump(mode="json", exclude={"data"})
         write_yaml(self.paths.train_defaults, defaults)
-        recover(self.jobs, self.config.max_attempts, self.stale_after)
+        recover(self.jobs, self.config.max_attempts, self.stale_after, self.executor)
         self.preflight.recover()
         self.router.refresh()
         self.vllm.start()
@@ -124,6 +133,8 @@ class Service:
             worker.start()
         log.info("Records: %s; files, jobs and registry in %s", self.engine.url, self.paths.root)
         log.info("Starting vLLM for %s (log: %s) ...", self.base_name, self.vllm.log_path)
+        for backend in self.router.backends[1:]:
+            log.info("Backend %s: its models are served here too (listed from its /v1/models)", backend.url)
 
     def _watch_vllm(self) -> None:
         """Wait until vLLM answers; if it exits by itself, stop the whole service (one clear line)."""

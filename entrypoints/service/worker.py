@@ -1,10 +1,13 @@
 """Workers: each takes one queued job at a time and runs it as a ``tuneship train`` subprocess.
 
 The run gets a process group of its own (a cancel or a stop ends all of it) and its output goes
-to ``JOB_DIR/output.log``. While it runs, its metrics become events and its checkpoints records;
-on success the adapter enters the service's registry (``tuneship adapters add``, every check
-included) and is loaded into the managed vLLM through its hot-load guard, so the fine-tuned
-model answers at once, with no restart.
+to ``JOB_DIR/output.log`` (or, with ``--executor ray``, it runs as a job on a Ray cluster:
+executor.py). While it runs, its metrics become events and its checkpoints records; on success
+the adapter enters the service's registry (the check and copy of ``tuneship adapters add``) and
+is loaded into the managed vLLM through its hot-load guard, so the fine-tuned model answers at
+once, with no restart. Its earlier checkpoints enter the registry too (each servable by its
+``fine_tuned_model_checkpoint`` name), and with a validation file the job's A/B and fidelity
+reports are made (evaluation.py) before it is marked ``succeeded``.
 """
 
 from __future__ import annotations
@@ -19,14 +22,17 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-from tuneship.artifacts import RUN_CONFIG, read_yaml
+from tuneship.artifacts import ADAPTER_CONFIG, CHECKPOINTS_DIR, RUN_CONFIG, read_yaml
 from tuneship.entrypoints.service.db import Job, now
+from tuneship.entrypoints.service.evaluation import Evaluator
+from tuneship.entrypoints.service.executor import Executor, LocalExecutor
 from tuneship.entrypoints.service.files import FileStore
 from tuneship.entrypoints.service.jobs import JobStore
 from tuneship.entrypoints.service.plan import RUN_NAME, TRAIN_FILE, checkpoint_name, fine_tuned_name
-from tuneship.entrypoints.service.process import CLI, ProcessGroup, error_line, group_alive, kill_group
+from tuneship.entrypoints.service.process import CLI, error_line
 from tuneship.entrypoints.service.runwatch import (
     RunWatcher,
+    keep_adapter,
     last_checkpoint_step,
     train_metrics,
     valid_metrics,
@@ -48,20 +54,22 @@ class Publisher:
     """Puts a finished run into the registry and loads it into the managed server."""
 
     registry: Path
-    base: str  # the base model spec, for the registry's check of the adapter's tensors
+    base: str  # the base model's directory, for the registry's check of the adapter's tensors
     endpoint: Callable[[], str | None]  # the managed vLLM's /v1 URL once it is ready (None before)
     api_key: str
-    logs: Path
 
-    def publish(self, name: str, run_dir: Path) -> str:
-        """Register ``run_dir``'s adapter as ``name`` and hot-load it; says how it is served."""
-        args = [*CLI, "adapters", "add", name, str(run_dir), "--registry", str(self.registry), "--force"]
-        group = ProcessGroup([*args, "--base", self.base], self.logs / f"register-{name}.log")
-        code = group.process.wait()
-        if code != 0:
-            raise TuneshipError(error_line(group.log_lines()) or f"tuneship adapters add exited with {code}")
+    def publish(self, name: str, source: Path, load: bool = True) -> str:
+        """Register the adapter of ``source`` (a run or checkpoint directory) as ``name``; says how.
+
+        The registry's own add (``tuneship adapters add``: every check, safetensors, lineage,
+        template; it reads headers and copies files, nothing heavy). ``load``: hot-load it into
+        the managed server now (else vLLM loads it on its first request).
+        """
+        from tuneship.serve.registry import Registry
+
+        Registry(self.registry).add(name, source, force=True, base=self.base)
         endpoint = self.endpoint()
-        if endpoint is None:
+        if endpoint is None or not load:
             return "registered; the model server loads it on the first request"
         from tuneship.serve.control import load
 
@@ -86,8 +94,12 @@ class Worker(threading.Thread):
         kick: threading.Event,
         on_published: Callable[[], None] = lambda: None,
         stale_after: int | None = None,
+        evaluator: Evaluator | None = None,
+        executor: Executor | None = None,
     ) -> None:
-        """``stale_after``: with replicas sharing the database, requeue jobs whose heartbeat is this old."""
+        """``stale_after``: with replicas sharing the database, requeue jobs whose heartbeat is this old;
+        ``evaluator``: the A/B and fidelity reports of jobs with a validation file (None: none);
+        ``executor``: where training runs (default: a local process group)."""
         super().__init__(name=f"tuneship-worker-{index}", daemon=True)
         self.id = f"{socket.gethostname()}:{os.getpid()}:{index}"
         self.jobs = jobs
@@ -98,13 +110,16 @@ class Worker(threading.Thread):
         self.kick = kick
         self.on_published = on_published
         self.stale_after = stale_after
+        self.evaluator = evaluator
+        self.executor = executor or LocalExecutor()
 
     def run(self) -> None:
         swept = time.monotonic()
         while not self.stop_event.is_set():
             try:
                 if self.stale_after and time.monotonic() - swept > HEARTBEAT:
-                    recover(self.jobs, self.max_attempts, self.stale_after)  # a replica that died
+                    # a replica that died
+                    recover(self.jobs, self.max_attempts, self.stale_after, self.executor)
                     swept = time.monotonic()
                 self.jobs.advance_validations()
                 job = self.jobs.claim(self.id)
@@ -131,7 +146,7 @@ class Worker(threading.Thread):
         ]
         if step is not None:
             self.jobs.add_event(job.id, f"Resuming from the checkpoint at step {step}", data={"step": step})
-        group = ProcessGroup(args, job_dir / OUTPUT_LOG, cwd=job_dir, env={**os.environ, "NO_COLOR": "1"})
+        group = self.executor.start(job, args, job_dir, job_dir / OUTPUT_LOG)
         self.jobs.update_running(job.id, pid=group.pid)
         watcher = RunWatcher(run_dir)
         if step is not None:
@@ -175,7 +190,8 @@ class Worker(threading.Thread):
                 self.jobs.add_event(job.id, message, type="metrics", data=valid)
         for step, path in watcher.new_checkpoints():
             name = checkpoint_name(self._fine_tuned(job), step)
-            self.jobs.add_checkpoint(job.id, step, watcher.metrics_at(step), name, str(path), final=False)
+            kept = keep_adapter(path, self.jobs.job_dir(job.id) / CHECKPOINTS_DIR / f"step-{step}") or path
+            self.jobs.add_checkpoint(job.id, step, watcher.metrics_at(step), name, str(kept), final=False)
 
     def _succeed(self, job: Job, run_dir: Path, watcher: RunWatcher) -> None:
         summary = (read_yaml(run_dir / RUN_CONFIG) or {}).get("result", {})
@@ -191,16 +207,50 @@ class Worker(threading.Thread):
         final = checkpoint_name(fine_tuned, steps)
         self.jobs.add_checkpoint(job.id, steps, watcher.metrics_at(steps), final, str(run_dir), final=True)
         self.jobs.add_event(job.id, f"New fine-tuned model created: {fine_tuned} ({how})")
+        self._publish_checkpoints(job)
+        reports = [results.id, *self._evaluate(job, run_dir)]
         self.jobs.finish(
             job.id,
             "succeeded",
             "The job has successfully completed",
             fine_tuned_model=fine_tuned,
             trained_tokens=summary.get("num_tokens") or watcher.trained_tokens(),
-            result_files=[results.id],
+            result_files=reports,
             registry_name=job.id,
         )
         self.on_published()
+
+    def _publish_checkpoints(self, job: Job) -> None:
+        """Register the job's earlier checkpoints (kept copies), each servable under its own name."""
+        for checkpoint in self.jobs.checkpoints(job.id, None, 100)[0]:
+            path = Path(checkpoint.path or "")
+            if checkpoint.final or not (path / ADAPTER_CONFIG).is_file():
+                continue
+            name = f"{job.id}-step-{checkpoint.step_number}"
+            try:
+                self.publisher.publish(name, path, load=False)
+            except TuneshipError as e:
+                message = f"Checkpoint at step {checkpoint.step_number} is not servable: {e}"
+                self.jobs.add_event(job.id, message, level="warn")
+                continue
+            self.jobs.serve_checkpoint(job.id, checkpoint.step_number, name)
+
+    def _evaluate(self, job: Job, run_dir: Path) -> list[str]:
+        """With a validation file: the A/B and fidelity reports as events; their result files' ids."""
+        if not job.validation_file or self.evaluator is None:
+            return []
+        if job.method.get("type") == "dpo":
+            message = "No A/B report: a DPO validation file holds preference pairs, not reference answers"
+            self.jobs.add_event(job.id, message, level="warn")
+            return []
+        message = "Evaluating the new model on the validation file (tuneship ab, tuneship verify)"
+        self.jobs.add_event(job.id, message)
+        validation = self.files.path(self.files.get(job.validation_file))
+        ids = []
+        for report in self.evaluator.reports(self.jobs.job_dir(job.id), run_dir, job.id, validation):
+            self.jobs.add_event(job.id, report.message, level=report.level, data=report.data)
+            ids += [self.files.add_result(name, text).id for name, text in report.files.items()]
+        return ids
 
     def _fine_tuned(self, job: Job) -> str:
         return fine_tuned_name(self.jobs.base_name, job.suffix, job.id)
@@ -232,7 +282,9 @@ def _heartbeat(jobs: JobStore, job_id: str) -> Iterator[None]:
         thread.join()
 
 
-def recover(jobs: JobStore, max_attempts: int, stale_after: int | None = None) -> None:
+def recover(
+    jobs: JobStore, max_attempts: int, stale_after: int | None = None, executor: Executor | None = None
+) -> None:
     """Jobs left running by a worker that is gone: stop what is left of their runs, queue them again.
 
     ``stale_after=None``: every running job is an orphan (one service per SQLite file, at its
@@ -241,14 +293,5 @@ def recover(jobs: JobStore, max_attempts: int, stale_after: int | None = None) -
     """
     stale_before = now() - stale_after if stale_after else None
     for job in jobs.running_on(stale_before):
-        if job.pid and group_alive(job.pid) and _runs_job(job.pid, job.id):
-            kill_group(job.pid)
+        (executor or LocalExecutor()).stop_orphan(job)
         jobs.requeue_or_fail(job.id, "The worker running the job stopped", max_attempts)
-
-
-def _runs_job(pid: int, job_id: str) -> bool:
-    """Whether process ``pid`` is this job's training (a pid may have been reused since)."""
-    try:
-        return job_id in Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
-    except OSError:
-        return False

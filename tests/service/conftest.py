@@ -17,7 +17,7 @@ from pathlib import Path
 import httpx
 import psutil
 import pytest
-from helpers import CLI, free_port, write_rows
+from helpers import CLI, TICKETS, free_port, write_rows
 
 # Short, strong runs on the tiny base: a few steps that clearly change its answers.
 TRAIN_SETTINGS = {
@@ -42,15 +42,18 @@ class Service:
         database_url: str = "",
         keys: tuple[str, str] | None = None,
         eager: bool = False,
+        extra_args: tuple[str, ...] = (),
     ) -> None:
         """``database_url`` and ``keys``: a replica of a service whose records and keys it shares;
-        ``eager``: its vLLM starts without the compile warm-up (two starting at once on 2 cores)."""
+        ``eager``: its vLLM starts without the compile warm-up (two starting at once on 2 cores);
+        ``extra_args``: more `tuneship service` flags (``--executor ray ...``)."""
         self.home, self.base, self.log = home, base, log
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}/v1"
         self.upload_limit_mb = upload_limit_mb
         self.database_url = database_url
         self.eager = eager
+        self.extra_args = extra_args
         self.process: subprocess.Popen | None = None
         self.admin_key, self.user_key = keys or (
             self.create_key("admin", "admin"),
@@ -75,6 +78,7 @@ class Service:
             args += ["--database-url", self.database_url]
         if self.eager:
             args.append("--eager")
+        args += self.extra_args
         with self.log.open("ab") as out:
             self.process = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
         self._wait(lambda: self._status("/health") in (200, 503), "the API to answer", 180)
@@ -140,6 +144,15 @@ def service(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory):
 def train_file(ticket_rows: list[dict], tmp_path_factory: pytest.TempPathFactory) -> Path:
     """64 ticket conversations: 8 steps an epoch at the service's batch size."""
     return write_rows(tmp_path_factory.mktemp("data") / "train.jsonl", ticket_rows[:64])
+
+
+@pytest.fixture(scope="module")
+def validation_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """12 held-out ticket conversations (examples/tickets/eval.jsonl)."""
+    rows = (TICKETS / "eval.jsonl").read_text().splitlines()[:12]
+    path = tmp_path_factory.mktemp("data") / "valid.jsonl"
+    path.write_text("\n".join(rows) + "\n")
+    return path
 
 
 PG_BIN = Path("/usr/lib/postgresql/15/bin")  # Debian's PostgreSQL 15

@@ -16,6 +16,7 @@ import httpx
 import openai
 import psutil
 import pytest
+from helpers import answers_differ
 
 
 def test_keys_and_roles(service):
@@ -70,12 +71,14 @@ def test_a_bad_file_fails_the_job_with_its_line_numbers(service, tmp_path):
     assert client.files.content(upload.id).content == (tmp_path / "bad.jsonl").read_bytes()
 
 
-def test_fine_tune_then_chat_with_the_model_two_jobs_in_order(service, train_file):
+def test_fine_tune_then_chat_with_the_model_two_jobs_in_order(service, train_file, validation_file):
     client = service.client()
     upload = client.files.create(file=train_file.open("rb"), purpose="fine-tune")
+    held_out = client.files.create(file=validation_file.open("rb"), purpose="fine-tune")
     first = client.fine_tuning.jobs.create(
         model="tiny-base",
         training_file=upload.id,
+        validation_file=held_out.id,
         suffix="tickets",
         seed=7,
         metadata={"team": "support"},
@@ -88,13 +91,22 @@ def test_fine_tune_then_chat_with_the_model_two_jobs_in_order(service, train_fil
     while time.monotonic() < deadline:  # one worker: never both running
         states = {j.id: j.status for j in client.fine_tuning.jobs.list().data}
         assert [states[first.id], states[second.id]].count("running") <= 1
-        if states[second.id] in ("succeeded", "failed"):
+        if {states[first.id], states[second.id]} <= {"succeeded", "failed"}:
             break
         time.sleep(1)
     first, second = (client.fine_tuning.jobs.retrieve(j.id) for j in (first, second))
     assert (first.status, second.status) == ("succeeded", "succeeded"), (first.error, second.error)
-    started = [e for e in client.fine_tuning.jobs.list_events(second.id, limit=100) if "started" in e.message]
-    assert started and started[0].created_at >= first.finished_at
+    # The second is queued first (the first waits for its validation file's check): one after the other.
+    starts = {
+        j.id: [
+            e.created_at
+            for e in client.fine_tuning.jobs.list_events(j.id, limit=100)
+            if "started" in e.message
+        ]
+        for j in (first, second)
+    }
+    earlier, later = sorted((first, second), key=lambda j: starts[j.id][0])
+    assert starts[later.id][0] >= earlier.finished_at
 
     # The job as OpenAI reports it: names, resolved hyperparameters, tokens, result file.
     assert first.fine_tuned_model == f"ft:tiny-base:tickets:{first.id}"
@@ -108,7 +120,9 @@ def test_fine_tune_then_chat_with_the_model_two_jobs_in_order(service, train_fil
     steps = checkpoints[0].step_number  # the newest is the final model
     assert steps >= 8
     results = client.files.content(first.result_files[0]).text.splitlines()
-    assert results[0].startswith("step,train_loss") and len(results) == 1 + steps
+    assert results[0].startswith("step,train_loss,") and len(results) == 1 + steps
+    assert "valid_loss" in results[0] and results[-1].split(",")[3]  # held-out loss at the last step
+    _reports_attached(client, first)
 
     events = client.fine_tuning.jobs.list_events(first.id, limit=5).data
     everything = list(client.fine_tuning.jobs.list_events(first.id, limit=200))  # every page
@@ -120,7 +134,9 @@ def test_fine_tune_then_chat_with_the_model_two_jobs_in_order(service, train_fil
         == everything[3:5]
     )
     metrics = [e for e in everything if e.type == "metrics"]
-    assert sorted(e.data["step"] for e in metrics) == list(range(1, steps + 1))
+    assert sorted(e.data["step"] for e in metrics if "train_loss" in e.data) == list(range(1, steps + 1))
+    held_out = [e.data["step"] for e in metrics if "valid_loss" in e.data]
+    assert held_out and steps in held_out  # the validation file is evaluated, last at the end
     assert everything[0].message == "The job has successfully completed"
 
     assert all(
@@ -135,7 +151,7 @@ def test_fine_tune_then_chat_with_the_model_two_jobs_in_order(service, train_fil
         service.client(service.user_key).models.retrieve(second.fine_tuned_model).id
         == second.fine_tuned_model
     )
-    _answers_differ(client, first.fine_tuned_model)
+    answers_differ(client, first.fine_tuned_model)
     root, auth = service.url.removesuffix("/v1"), {"Authorization": f"Bearer {service.user_key}"}
     tokens = httpx.post(
         f"{root}/tokenize", json={"model": "tiny-base", "prompt": "Hi"}, headers=auth, timeout=60
@@ -153,33 +169,48 @@ def test_fine_tune_then_chat_with_the_model_two_jobs_in_order(service, train_fil
         max_tokens=4,
     )
     assert final.model == checkpoints[0].fine_tuned_model_checkpoint
+    _earlier_checkpoint_answers(client, first, checkpoints)
 
 
-def _answers_differ(client, model: str) -> None:
-    """Greedy answers on training prompts: the fine-tuned model's differ from the base's."""
-    from helpers import TICKETS
+def _reports_attached(client, job) -> None:
+    """A job with a validation file: its A/B and fidelity reports are result files, their verdicts events."""
+    names = {client.files.retrieve(f).filename: f for f in job.result_files}
+    assert {"ab_report.md", "ab_results.json", "fidelity_report.md", "fidelity.json"} <= set(names)
+    ab = json.loads(client.files.content(names["ab_results.json"]).text)
+    assert ab["base"] == "tiny-base" and ab["items"] == 12
+    comparison = ab["comparisons"][job.id][0]  # served under its registry name; reported under it
+    fidelity = json.loads(client.files.content(names["fidelity.json"]).text)
+    events = {e.message: e for e in client.fine_tuning.jobs.list_events(job.id, limit=100)}
+    verdicts = [m for m in events if m.startswith("A/B on the validation file (12 items")]
+    assert verdicts and verdicts[0].endswith(f": {comparison['verdict']}")
+    assert f"Fidelity of the served model (tuneship verify): {fidelity['verdict']}" in "\n".join(events)
+    assert fidelity["checks"]["applied"]["status"] == "passed"  # the adapter changes the answers
 
-    rows = [json.loads(line) for line in (TICKETS / "train.jsonl").read_text().splitlines()[:6]]
-    differ = 0
-    for row in rows:
-        prompt = row["messages"][:-1]
-        answers = [
-            client.chat.completions.create(model=m, messages=prompt, max_tokens=12, temperature=0)
-            for m in ("tiny-base", model)
-        ]
-        assert answers[1].model == model
-        differ += answers[0].choices[0].message.content != answers[1].choices[0].message.content
-    assert differ >= 4
-    stream = client.chat.completions.create(
-        model=model, messages=rows[0]["messages"][:-1], max_tokens=8, temperature=0, stream=True
-    )
-    chunks = list(stream)
-    assert len(chunks) > 2 and {c.model for c in chunks} == {model}
+
+def _earlier_checkpoint_answers(client, job, checkpoints) -> None:
+    """A checkpoint before the last is servable by its name, and it is not the final model."""
+    earlier = [c for c in checkpoints if c.step_number < checkpoints[0].step_number]
+    assert earlier, [c.step_number for c in checkpoints]
+    listed = {m.id for m in client.models.list()}
+    assert {c.fine_tuned_model_checkpoint for c in checkpoints} <= listed
+    prompt = [{"role": "user", "content": "My invoice shows a charge twice this month."}]
+    answers = [
+        client.chat.completions.create(model=m, messages=prompt, max_tokens=16, temperature=0)
+        for m in (earlier[-1].fine_tuned_model_checkpoint, job.fine_tuned_model)
+    ]
+    assert answers[0].model == earlier[-1].fine_tuned_model_checkpoint
+    assert answers[0].choices[0].message.content and answers[1].choices[0].message.content
+    # vLLM loaded the checkpoint's own weights (the copy kept at its step), not the final model's.
+    served = {m.id: m for m in client.models.list()}[earlier[-1].fine_tuned_model_checkpoint]
+    step_dir = Path(served.root)
+    assert step_dir.name == f"{job.id}-step-{earlier[-1].step_number}", served
+    final_weights = step_dir.parent / job.id / "adapter_model.safetensors"
+    assert (step_dir / "adapter_model.safetensors").read_bytes() != final_weights.read_bytes()
 
 
 def test_cancel_while_running_stops_the_training(service):
     client = service.client()
-    upload = client.files.list(purpose="fine-tune").data[0]  # the good file, checked already
+    upload = training_upload(client)
     job = client.fine_tuning.jobs.create(
         model="tiny-base", training_file=upload.id, hyperparameters={"n_epochs": 25}
     )
@@ -197,15 +228,15 @@ def test_cancel_while_running_stops_the_training(service):
         time.sleep(0.5)
     assert training_processes(job.id) == []
     assert client.fine_tuning.jobs.retrieve(job.id).status == "cancelled"
-    messages = [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=100)]
-    assert "Job cancelled" in messages and "Training stopped" in messages
+    wait_for_event(client, job.id, "Training stopped")  # written once its processes are gone
+    assert "Job cancelled" in [e.message for e in client.fine_tuning.jobs.list_events(job.id, limit=100)]
     with pytest.raises(openai.BadRequestError):
         client.fine_tuning.jobs.cancel(client.fine_tuning.jobs.list().data[-1].id)  # failed already
 
 
 def test_a_killed_run_and_a_paused_job_continue_from_their_checkpoints(service):
     client = service.client()
-    upload = client.files.list(purpose="fine-tune").data[0]  # the good file, checked already
+    upload = training_upload(client)
     job = client.fine_tuning.jobs.create(
         model="tiny-base", training_file=upload.id, hyperparameters={"n_epochs": 10}
     )  # 80 steps, a checkpoint every 27
@@ -254,6 +285,11 @@ def test_a_restart_keeps_files_jobs_and_events_and_serves_the_models(service):
         model=tuned.fine_tuned_model, messages=[{"role": "user", "content": "Hi"}], max_tokens=4
     )
     assert answer.model == tuned.fine_tuned_model
+
+
+def training_upload(client):
+    """The main flow's training file (64 rows), uploaded and checked already."""
+    return next(f for f in client.files.list(purpose="fine-tune") if f.filename == "train.jsonl")
 
 
 def wait_for(client, job_id: str, statuses: tuple[str, ...], timeout: float = 400):

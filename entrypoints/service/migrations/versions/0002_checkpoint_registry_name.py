@@ -1,0 +1,24 @@
+"""checkpoints: the registry name an intermediate checkpoint is served under
+
+Revision ID: 0002
+Revises: 0001
+Create Date: 2026-11-30 23:40:00
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0002"
+down_revision = "0001"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("checkpoints", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("registry_name", sa.String(length=128), nullable=True))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("checkpoints", schema=None) as batch_op:
+        batch_op.drop_column("registry_name")
