@@ -1,13 +1,16 @@
-"""Export wall time: `tuneship export` against a plain load + save of the base model.
+"""Export wall time: `tuneship export` (safetensors and GGUF) against a plain load + save of the base.
 
-    .venv/bin/python bench/export_time.py [--rank 16] [--repeats 2]
+    .venv/bin/python bench/export_time.py [--rank 16] [--repeats 2] [--gguf f16,bf16,q8_0]
 
 On the default base model (SmolLM2-135M-Instruct), with a LoRA adapter of the given rank
 on all linear layers (random, non-zero weights: the merge does the same work as for a
 trained one). The baseline loads the base with transformers and saves it as bf16
 safetensors, the least any export must do. tuneship's export also merges, writes the
 tokenizer, generation config, model card and manifest, reloads the result and checks
-parity against base + adapter. Prints both times (best of --repeats) and their ratio.
+parity against base + adapter. The GGUF export (``--format gguf``) merges, writes one file,
+reloads it with transformers' GGUF loader and compares logits and greedy continuations; its
+parity numbers, printed per type, are the measurements behind the tolerances in
+``export/gguf_parity.py``. Prints the times (best of --repeats) and their ratios to the plain save.
 """
 
 from __future__ import annotations
@@ -50,11 +53,22 @@ def tuneship_export(adapter: Path, base_path: Path, out: Path) -> float:
     return time.perf_counter() - started
 
 
+def tuneship_gguf(adapter: Path, base_path: Path, out: Path, quant: str) -> tuple[float, str]:
+    from tuneship.export.gguf_export import export_gguf
+
+    started = time.perf_counter()
+    result = export_gguf(adapter, out, base_spec=str(base_path), quant=quant)  # type: ignore[arg-type]
+    return time.perf_counter() - started, result.parity.summary()
+
+
 def main() -> None:
     formatter = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
     parser.add_argument("--rank", type=int, default=16)
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument(
+        "--gguf", default="f16,q8_0", help="GGUF types to time (comma-separated; '' for none)"
+    )
     args = parser.parse_args()
 
     import torch
@@ -65,10 +79,19 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as work:
         work_dir = Path(work)
         adapter = make_adapter(base.path, args.rank, work_dir / "adapter")
+        quants = [q for q in args.gguf.split(",") if q]
         plain, ours = [], []
+        gguf: dict[str, list[float]] = {q: [] for q in quants}
+        parity: dict[str, str] = {}
         for i in range(args.repeats):
             plain.append(plain_load_save(base.path, work_dir / f"plain-{i}"))
             ours.append(tuneship_export(adapter, base.path, work_dir / f"export-{i}"))
+            for quant in quants:
+                seconds, parity[quant] = tuneship_gguf(
+                    adapter, base.path, work_dir / f"gguf-{quant}-{i}", quant
+                )
+                gguf[quant].append(seconds)
+                shutil.rmtree(work_dir / f"gguf-{quant}-{i}")
             shutil.rmtree(work_dir / f"plain-{i}")
             shutil.rmtree(work_dir / f"export-{i}")
     print()
@@ -76,6 +99,10 @@ def main() -> None:
     print(f"plain load + save (bf16)          {min(plain):7.2f} s (best of {args.repeats})")
     print(f"tuneship export (merge + checks)  {min(ours):7.2f} s (best of {args.repeats})")
     print(f"ratio export / plain: {min(ours) / min(plain):.2f}x")
+    for quant, times in gguf.items():
+        best = min(times)
+        print(f"tuneship export --format gguf --quant {quant:<5} {best:7.2f} s ({best / min(plain):.2f}x)")
+        print(f"  parity: {parity[quant]}")
 
 
 if __name__ == "__main__":

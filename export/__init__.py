@@ -1,1 +1,1 @@
-"""tuneship.export: merge an adapter into its base model and save checked safetensors."""
+"""tuneship.export: merge an adapter into its base and save checked safetensors or one checked GGUF file."""
