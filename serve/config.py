@@ -26,7 +26,9 @@ class ServeConfig(Settings):
     )
     adapters: dict[str, str] = Field(default_factory=dict, description="LoRA adapter to serve (repeatable)")
     registry: str = Field(
-        "", description="adapter registry directory: serve all of it; with an API key, hot-load from it"
+        "",
+        description="adapter registry directory: serve each alias's version and the plain entries, "
+        "answer a request for an alias with its version; with an API key, hot-load other versions",
     )
     max_lora_rank: int = Field(
         0, ge=0, description="largest adapter rank the server accepts (0: the smallest that fits)"

@@ -1,8 +1,8 @@
 """Talk to a running server about its adapters: list, load (hot), unload.
 
     tuneship adapters list   --endpoint http://127.0.0.1:8000/v1 --registry registry
-    tuneship adapters load   tickets-v2 --registry registry --api-key KEY [--replace]
-    tuneship adapters unload tickets-v2 --api-key KEY
+    tuneship adapters load   tickets --registry registry --api-key KEY   # the alias's version
+    tuneship adapters unload tickets@1 --api-key KEY
 
 Loading checks the adapter here first (for a quick, clear refusal) and the server's
 guard checks it again (the check that counts).
@@ -28,6 +28,7 @@ class Live:
     parent: str | None  # the base model an adapter belongs to (None for the base itself)
     path: str | None
     sha256: str | None  # content hash, when the path is readable from here
+    version: str | None = None  # for an alias (listed by tuneship's guard): the version answering it
 
 
 AdapterState = Literal["live", "not loaded", "live with other content"]
@@ -81,13 +82,20 @@ def list_live(endpoint: str, api_key: str | None = None) -> list[Live]:
         digest = hashes.get(model["id"])
         if digest is None and root and (Path(root) / ADAPTER_CONFIG).is_file():
             digest = adapter_hash(Path(root))
-        live.append(Live(model["id"], model.get("parent"), root, digest))
+        live.append(Live(model["id"], model.get("parent"), root, digest, model.get("tuneship_version")))
     return live
 
 
 def load(endpoint: str, name: str, registry: Path | str, api_key: str | None, replace: bool = False) -> Live:
-    """Hot-load registry adapter ``name``; an already-live name with other content needs ``replace``."""
-    path = Registry(registry).path(name)
+    """Hot-load registry version or entry ``name`` (an alias: the version it points at).
+
+    Live already with this content: nothing to do. Live with other content (its files were changed
+    by hand): refused, since reloading a name in place lets vLLM mix the two (its prefix cache).
+    ``replace`` is ignored (older callers): registry names are never reloaded with other content.
+    """
+    reg = Registry(registry)
+    name = reg.resolve(name)
+    path = reg.path(name)
     report = check_adapter(path)
     if not report.ok:
         raise ServerError(f"adapter {name} refused: " + "; ".join(report.problems or report.fixes))
@@ -96,9 +104,11 @@ def load(endpoint: str, name: str, registry: Path | str, api_key: str | None, re
     if name in current:
         if current[name].sha256 == digest:
             return current[name]  # already live with this content: nothing to do
-        if not replace:
-            raise ServerError(f"{name} is already live with other content; pass --replace to swap it")
-    body = {"lora_name": name, "lora_path": str(path.resolve()), "load_inplace": name in current}
+        raise ServerError(
+            f"{name} is live with other content than the registry's (its files were changed); "
+            "add the adapter as a new version (tuneship adapters add) and load that"
+        )
+    body = {"lora_name": name, "lora_path": str(path.resolve())}
     response = _request("POST", f"{endpoint.rstrip('/')}/load_lora_adapter", api_key, json=body)
     if response.status_code == 404 and '"detail"' in response.text:  # no such route: runtime loading off
         raise ServerError(f"{endpoint} does not allow hot loading (start it with --registry and --api-key)")

@@ -1,4 +1,4 @@
-"""Safe hot loading inside vLLM's API server: an ASGI middleware and a LoRA resolver.
+"""Aliases and safe hot loading inside vLLM's API server: an ASGI middleware and a LoRA resolver.
 
 vLLM's runtime loading (``VLLM_ALLOW_RUNTIME_LORA_UPDATING``) lets a caller load an
 adapter from any path on the host, and its filesystem resolver joins the requested
@@ -12,8 +12,17 @@ model name onto a directory unchecked. tuneship turns those off and puts these i
   template the server applies (vLLM applies one per server), and refuses with the reason
   in an OpenAI-shaped error. The status comes from the error's type, never its text:
   400 bad content or request, 401 no or wrong key, 403 hot loading off, 404 unknown name.
+- The same middleware answers a request for an alias with the version it points at: the JSON
+  ``model`` of ``POST /v1/chat/completions``, ``/v1/completions``, ``/tokenize`` and
+  ``/detokenize`` is rewritten from ``tickets`` to ``tickets@2`` (``aliases.json`` is re-read when
+  it changes), so vLLM serves and names the version, and the response carries the header
+  ``x-tuneship-model-version: tickets@2`` (also for a request naming a version). ``GET /v1/models``
+  lists each alias too, as a copy of its version's card with ``id`` the alias and
+  ``tuneship_version`` the version (an alias whose version is not live is listed only when hot
+  loading is on, since its first request loads it). vLLM itself never sees an alias as a name.
 - :func:`register_resolver` (entry point ``vllm.general_plugins: tuneship_registry``)
-  loads an adapter on the first request that names it, under the same rules.
+  loads a version or plain entry on the first request that names it, under the same rules;
+  an alias is never loaded as an adapter.
 
 Both read their settings from the environment that ``tuneship serve`` sets.
 """
@@ -25,18 +34,22 @@ import json
 import logging
 import os
 import secrets
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from tuneship.adapters import adapter_hash, check_adapter
+from tuneship.artifacts import ADAPTER_CONFIG
 from tuneship.errors import (
     AdapterNotFoundError,
     AdapterRefusedError,
+    ArtifactError,
     NotAllowedError,
     TuneshipError,
 )
-from tuneship.serve.registry import confined, confined_path
+from tuneship.serve.asgi import forward, read_body, reply, send_json, with_length
+from tuneship.serve.registry import ALIASES, VERSION, Registry, confined, confined_path
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +63,10 @@ LIVE_ENV = "TUNESHIP_LIVE_ADAPTERS"  # JSON {name: content sha256} of the adapte
 LOAD_PATH = "/v1/load_lora_adapter"
 UNLOAD_PATH = "/v1/unload_lora_adapter"
 LIVE_PATH = "/v1/tuneship/adapters"  # GET: {name: sha256} of the content each live adapter was loaded with
+MODELS_PATH = "/v1/models"
+# POST endpoints whose JSON ``model`` names what answers: an alias there is rewritten to its version.
+MODEL_PATHS = ("/v1/chat/completions", "/v1/completions", "/tokenize", "/detokenize")
+VERSION_HEADER = b"x-tuneship-model-version"
 
 # What each live adapter was loaded with: the files on disk may have changed since.
 LIVE: dict[str, str] = {}
@@ -90,6 +107,12 @@ class GuardSettings:
             raise AdapterRefusedError(
                 f"{name!r} is the name of the model this server serves; an adapter needs a name of its own"
             )
+        version = Registry(self.registry).aliases().get(name or "")
+        if version:  # loading it under the alias's name would let two versions share one name
+            raise AdapterRefusedError(
+                f"{name!r} is an alias (of {version}), not an adapter: load the version {version} "
+                f"(tuneship adapters load {name} does); requests for {name!r} are answered by it"
+            )
         adapter = confined_path(self.registry, path) if path else confined(self.registry, name or "")
         report = check_adapter(
             adapter,
@@ -118,30 +141,71 @@ class GuardSettings:
         return scheme.lower() == "bearer" and secrets.compare_digest(expected, given)
 
 
+class AliasTable:
+    """The registry's ``aliases.json``, re-read only when the file changes (one stat per request)."""
+
+    def __init__(self, registry: Path | None) -> None:
+        self.registry = registry
+        self.stamp: tuple[int, int, int] | None = None
+        self.table: dict[str, str] = {}
+
+    def current(self) -> dict[str, str]:
+        """Alias -> version; the last good table while the file is unreadable (it is replaced atomically)."""
+        if self.registry is None:
+            return {}
+        try:
+            stat = (self.registry / ALIASES).stat()
+        except OSError:
+            self.stamp, self.table = None, {}
+            return self.table
+        stamp = (stat.st_mtime_ns, stat.st_size, stat.st_ino)
+        if stamp != self.stamp:
+            try:
+                self.table, self.stamp = Registry(self.registry).aliases(), stamp
+            except ArtifactError as e:
+                log.warning("keeping the previous aliases: %s", e)
+        return self.table
+
+
 class RegistryGuard:
-    """ASGI middleware guarding vLLM's adapter load/unload endpoints."""
+    """ASGI middleware: aliases to versions on inference requests; guards adapter load/unload."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
         self.settings = GuardSettings.from_env()
+        self.aliases = AliasTable(self.settings.registry)
         LIVE.update(json.loads(os.environ.get(LIVE_ENV) or "{}"))
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         path = scope.get("path", "").removeprefix(scope.get("root_path", ""))
+        method = scope.get("method", "GET")
+        if scope["type"] == "http" and self.settings.registry is not None:
+            if path in MODEL_PATHS and method == "POST":
+                await self._answer_by_version(scope, receive, send)
+                return
+            if path == MODELS_PATH and method == "GET":
+                await self._list_with_aliases(scope, receive, send)
+                return
         if scope["type"] != "http" or path not in (LOAD_PATH, UNLOAD_PATH, LIVE_PATH):
             await self.app(scope, receive, send)
             return
         headers = {k.decode().lower(): v.decode() for k, v in scope.get("headers", [])}
+        if self.settings.registry is not None and not self.settings.api_key:
+            await reply(send, 403, "hot loading is off: the server was started without an API key")
+            return
         if not self.settings.authorized(headers.get("authorization")):
-            await _reply(send, 401, "hot loading needs the server's API key (Authorization: Bearer KEY)")
+            await reply(send, 401, "hot loading needs the server's API key (Authorization: Bearer KEY)")
             return
         if path != LIVE_PATH and self.settings.registry is None:
-            await _reply(send, 403, "hot loading is off: the server was started without --registry")
+            await reply(send, 403, "hot loading is off: the server was started without --registry")
             return
         if path == LIVE_PATH:
-            await _send_json(send, 200, dict(LIVE))
+            await send_json(send, 200, dict(LIVE))
             return
-        body = await _read_body(receive)
+        await self._load_or_unload(path, scope, receive, send)
+
+    async def _load_or_unload(self, path: str, scope: dict, receive: Any, send: Any) -> None:
+        body = await read_body(receive)
         request: dict = {}
         digest = None
         if path == LOAD_PATH:
@@ -151,26 +215,100 @@ class RegistryGuard:
                 adapter = self.settings.adapter_path(path=request.get("lora_path"), name=name)
                 if name != adapter.name:
                     raise AdapterRefusedError(f"lora_name must be the registry name {adapter.name!r}")
+                digest = adapter_hash(adapter)
+                if LIVE.get(name, digest) != digest:  # reloading it in place would mix the two
+                    raise AdapterRefusedError(
+                        f"{name} is live with other content than its registry files have now (they "
+                        "were changed by hand); a version is never rewritten: add the adapter as a "
+                        "new version (tuneship adapters add) and load that"
+                    )
             except (ValueError, AttributeError) as e:
-                await _reply(send, 400, f"bad load request: {e}")
+                await reply(send, 400, f"bad load request: {e}")
                 return
             except TuneshipError as e:
-                await _reply(send, http_status(e), str(e))
+                await reply(send, http_status(e), str(e))
                 return
             body = json.dumps({**request, "lora_path": str(adapter)}).encode()
-            digest = adapter_hash(adapter)
         else:
             try:
                 request = json.loads(body or b"{}")
             except ValueError:
                 request = {}
-        status = await _forward(self.app, scope, body, send)
+        status = await forward(self.app, scope, body, send)
         name = request.get("lora_name") if isinstance(request, dict) else None
         if status == 200 and name:
             if digest:
                 LIVE[name] = digest
             else:
                 LIVE.pop(name, None)
+
+    async def _answer_by_version(self, scope: dict, receive: Any, send: Any) -> None:
+        """Rewrite an alias in the body's ``model`` to its version; name the version in a header."""
+        body = await read_body(receive)
+        try:
+            request = json.loads(body)
+        except ValueError:
+            request = None
+        model = request.get("model") if isinstance(request, dict) else None
+        version = self.aliases.current().get(model) if isinstance(model, str) else None
+        if version:
+            body = json.dumps({**request, "model": version}).encode()
+            scope = {**scope, "headers": with_length(scope.get("headers", []), len(body))}
+        elif isinstance(model, str) and VERSION.match(model):
+            version = model
+        extra = [(VERSION_HEADER, version.encode())] if version else []
+        await forward(self.app, scope, body, send, extra, receive)
+
+    async def _list_with_aliases(self, scope: dict, receive: Any, send: Any) -> None:
+        """vLLM's model list plus one card per alias (see the module's docstring)."""
+        messages: list[dict] = []
+
+        async def hold(message: dict) -> None:
+            messages.append(message)
+
+        await self.app(scope, receive, hold)
+        start = next((m for m in messages if m["type"] == "http.response.start"), None)
+        body = b"".join(m.get("body", b"") for m in messages if m["type"] == "http.response.body")
+        try:
+            listing = json.loads(body) if start and start["status"] == 200 else None
+            cards = listing["data"]
+        except (ValueError, KeyError, TypeError):
+            listing = None
+        if listing is None:
+            for message in messages:
+                await send(message)
+            return
+        listing["data"] = cards + self._alias_cards({c.get("id"): c for c in cards})
+        payload = json.dumps(listing).encode()
+        headers = with_length(start.get("headers", []), len(payload))
+        await send({**start, "headers": headers})
+        await send({"type": "http.response.body", "body": payload})
+
+    def _alias_cards(self, cards: dict[str, dict]) -> list[dict]:
+        added = []
+        for alias, version in sorted(self.aliases.current().items()):
+            card = cards.get(version)
+            if alias in cards:
+                continue
+            root = self.settings.registry
+            if (
+                card is None
+                and self.settings.api_key
+                and root
+                and (root / version / ADAPTER_CONFIG).is_file()
+            ):
+                card = {  # not live yet: its first request loads it (vLLM's card for an adapter)
+                    "object": "model",
+                    "created": int(time.time()),
+                    "owned_by": "vllm",
+                    "root": str(root / version),
+                    "parent": self.settings.served_name,
+                    "max_model_len": None,
+                    "permission": [],
+                }
+            if card is not None:
+                added.append({**card, "id": alias, "tuneship_version": version})
+        return added
 
 
 def http_status(error: TuneshipError) -> int:
@@ -180,76 +318,6 @@ def http_status(error: TuneshipError) -> int:
     if isinstance(error, NotAllowedError):
         return 403
     return 400
-
-
-async def _forward(app: Any, scope: dict, body: bytes, send: Any) -> int:
-    """Pass the request on with ``body``; returns the status the app answered with."""
-    status = 0
-
-    async def watch(message: dict) -> None:
-        nonlocal status
-        if message["type"] == "http.response.start":
-            status = message["status"]
-        await send(message)
-
-    await app(scope, _replay(body), watch)
-    return status
-
-
-async def _read_body(receive: Any) -> bytes:
-    chunks = []
-    while True:
-        message = await receive()
-        chunks.append(message.get("body", b""))
-        if not message.get("more_body"):
-            return b"".join(chunks)
-
-
-def _replay(body: bytes) -> Any:
-    sent = False
-
-    async def receive() -> dict:
-        nonlocal sent
-        if sent:
-            return {"type": "http.disconnect"}
-        sent = True
-        return {"type": "http.request", "body": body, "more_body": False}
-
-    return receive
-
-
-ERROR_TYPES = {
-    400: "BadRequestError",
-    401: "AuthenticationError",
-    403: "PermissionDeniedError",
-    404: "NotFoundError",
-}
-
-
-async def _reply(send: Any, status: int, message: str) -> None:
-    """An OpenAI-shaped error, as vLLM's own: ``{"error": {"message", "type", "param", "code"}}``."""
-    error = {
-        "message": message,
-        "type": ERROR_TYPES.get(status, "AdapterRefused"),
-        "param": None,
-        "code": status,
-    }
-    await _send_json(send, status, {"error": error})
-
-
-async def _send_json(send: Any, status: int, data: Any) -> None:
-    payload = json.dumps(data).encode()
-    await send(
-        {
-            "type": "http.response.start",
-            "status": status,
-            "headers": [
-                (b"content-type", b"application/json"),
-                (b"content-length", str(len(payload)).encode()),
-            ],
-        }
-    )
-    await send({"type": "http.response.body", "body": payload})
 
 
 def register_resolver() -> None:
@@ -262,7 +330,7 @@ def register_resolver() -> None:
 
     class RegistryResolver(LoRAResolver):
         async def resolve_lora(self, base_model_name: str, lora_name: str) -> LoRARequest | None:
-            try:
+            try:  # an alias is refused here: it names a version, never an adapter of its own
                 adapter = settings.adapter_path(name=lora_name)
             except TuneshipError as e:
                 if not isinstance(e, AdapterNotFoundError):

@@ -1,13 +1,13 @@
 """Launch vLLM's OpenAI-compatible server for a base model plus LoRA adapters.
 
     tuneship serve --adapter tickets=runs/tickets/adapter
-    tuneship serve --registry registry --api-key KEY     # every registry adapter; hot loading on
+    tuneship serve --registry registry --api-key KEY     # the registry's aliases; hot loading on
     tuneship serve --merged exports/tickets              # a merged export, no adapters
 
 check every adapter (export's adapter check) -> derive vLLM flags -> start
 ``python -m vllm.entrypoints.openai.api_server`` in its own process group -> wait
 until ``/v1/models`` answers -> serve until Ctrl-C/SIGTERM -> stop the whole group.
-Hot loading (registry + API key) goes through :mod:`tuneship.serve.guard`.
+A registry's aliases and hot loading (registry + API key) go through :mod:`tuneship.serve.guard`.
 """
 
 from __future__ import annotations
@@ -129,7 +129,7 @@ def build_vllm_args(
         ]
     if adapters:
         args += ["--lora-modules", *(f"{name}={path}" for name, path in adapters.items())]
-    if config.hot_loading:
+    if config.registry:  # aliases to versions; with an API key, guarded hot loading
         args += ["--middleware", "tuneship.serve.guard.RegistryGuard"]
     args += ["--middleware", INFO_MIDDLEWARE]  # GET /v1/tuneship/server: is inference deterministic?
     if chat_template:
@@ -153,10 +153,16 @@ class VLLMServer:
             )
         self.base = resolve_base(config.merged or config.base)
         self.adapters = dict(config.adapters)
-        for entry in Registry(config.registry).entries() if config.registry else []:
+        registry = Registry(config.registry) if config.registry else None
+        for entry in registry.served() if registry else []:
             if entry.name in self.adapters:
                 raise TuneshipError(f"adapter {entry.name!r} is given by --adapter and in the registry")
             self.adapters[entry.name] = str(entry.path)
+        shadowed = sorted(set(config.adapters) & set(registry.aliases() if registry else {}))
+        if shadowed:  # the guard would answer requests for it with the alias's version
+            raise TuneshipError(
+                f"adapter {shadowed[0]!r} is given by --adapter and is an alias in the registry"
+            )
         self.reports = check_served(self.adapters, self.base, config.served_name or self.base.name)
         self.ranks = {name: report.rank for name, report in self.reports.items() if report.rank}
         try:  # vLLM applies one chat template per server: the adapters' own, or refuse
@@ -201,6 +207,8 @@ class VLLMServer:
         notes.append(f"Inference: {self.determinism.describe()}")
         notes += engine_notes(self.config.dtype, self.gpu, bool(self.adapters) or self.config.hot_loading)
         notes += [f"Adapter {name}: {note}" for name, r in self.reports.items() for note in r.notes]
+        if self.config.registry:
+            notes.append(self._aliases_note())
         if self.config.hot_loading:
             notes.append(f"Hot loading: on, from {self.config.registry} only (tuneship adapters load NAME)")
         elif self.config.registry:
@@ -208,6 +216,12 @@ class VLLMServer:
         if len(self.adapters) == 1:
             notes.append(f"Serving one adapter: a merged export is faster. {MERGED_SPEEDUP}")
         return notes
+
+    def _aliases_note(self) -> str:
+        aliases = Registry(self.config.registry).aliases()
+        named = ", ".join(f"{alias} -> {version}" for alias, version in sorted(aliases.items())) or "none"
+        later = "load on first request" if self.config.hot_loading else "are not served (no API key)"
+        return f"Aliases: {named} (a request for an alias is answered by its version; other versions {later})"
 
     def _served_max_model_len(self) -> int | None:
         """The base's max_model_len as the live server reports it (vLLM may fit it to the KV cache)."""
@@ -239,12 +253,13 @@ class VLLMServer:
         env: dict[str, str] = {}
         if self.config.api_key:
             env["VLLM_API_KEY"] = self.config.api_key  # not on the command line, where ps shows it
+        if self.config.registry:  # the guard resolves aliases from it
+            env[REGISTRY_ENV] = registry_path or str(Path(self.config.registry).resolve())
+            env[SERVED_NAME_ENV] = self.config.served_name or self.base.name
         if self.config.hot_loading:
             env["VLLM_ALLOW_RUNTIME_LORA_UPDATING"] = "True"
-            env[REGISTRY_ENV] = registry_path or str(Path(self.config.registry).resolve())
             env[BASE_SHA_ENV] = self.base.weights_sha256
             env[BASE_PATH_ENV] = model_path or str(self.base.path)  # hot loads checked against its modules
-            env[SERVED_NAME_ENV] = self.config.served_name or self.base.name
             env[MAX_RANK_ENV] = str(max_lora_rank(self.config, self.ranks))
             if self.chat_template.sha256:  # hot-loaded adapters must share it
                 env[TEMPLATE_SHA_ENV] = self.chat_template.sha256

@@ -105,7 +105,9 @@ def tiny_export(tiny_run, tmp_path_factory: pytest.TempPathFactory):
 
 @pytest.fixture(scope="session")
 def registry(tiny_base: Path, tiny_run, tmp_path_factory: pytest.TempPathFactory):
-    """The adapter registry the live server serves: the trained tiny adapter and a random one."""
+    """The adapter registry the live server serves: the trained tiny adapter and a random one, as
+    versions ``tiny-adapter@1`` and ``tiny-alt@1`` named by the aliases ``tiny-adapter`` and ``tiny-alt``
+    (tests call the aliases; the server answers them with the versions)."""
     from tuneship.serve.registry import Registry
 
     registry = Registry(tmp_path_factory.mktemp("registry"))

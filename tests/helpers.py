@@ -342,3 +342,15 @@ def answers_differ(client, model: str, base: str = "tiny-base") -> None:
     )
     chunks = list(stream)
     assert len(chunks) > 2 and {c.model for c in chunks} == {model}
+
+
+def drop_alias(registry_root: Path | str, alias: str) -> None:
+    """Take an alias and its versions out of a test registry by hand (the registry has no delete)."""
+    import shutil
+
+    root = Path(registry_root)
+    for version in root.glob(f"{alias}@*"):
+        shutil.rmtree(version)
+    aliases = json.loads((root / "aliases.json").read_text())
+    aliases.pop(alias, None)
+    (root / "aliases.json").write_text(json.dumps(aliases))

@@ -71,7 +71,7 @@ def test_check_add_and_serve_refuse_with_the_reason(kind, kinds, tiny_base, tmp_
     added = _run("adapters", "add", "x", str(path), "--registry", registry, "--base", str(tiny_base))
     assert added.exit_code == 1 and "Traceback" not in added.output, added.output
     assert f"Error: {path} cannot be served as LoRA: " in added.output and reason in added.output
-    assert not (tmp_path / "registry" / "x").exists()
+    assert not (tmp_path / "registry" / "x").exists() and not (tmp_path / "registry" / "x@1").exists()
 
     with pytest.raises(AdapterRefusedError) as refused:
         VLLMServer(ServeConfig(base=str(tiny_base), adapters={kind: str(path)}))
@@ -107,7 +107,8 @@ def test_add_repairs_exactly_and_says_so_while_serve_refuses_the_raw_directory(
     registry = tmp_path / "registry"
     added = _run("adapters", "add", kind, str(path), "--registry", str(registry))
     assert added.exit_code == 0 and f"Repaired: {REPAIRED[kind]}" in added.output, added.output
-    entry = registry / kind
+    assert f"Registered {kind}@1: " in added.output and f"alias {kind} -> {kind}@1 (new)" in added.output
+    entry = registry / f"{kind}@1"
     assert sorted(p.name for p in entry.glob("adapter_model.*")) == ["adapter_model.safetensors"]
     with (
         safe_open(str(entry / "adapter_model.safetensors"), "pt") as f,
@@ -115,7 +116,15 @@ def test_add_repairs_exactly_and_says_so_while_serve_refuses_the_raw_directory(
     ):
         assert set(f.keys()) == set(g.keys())  # the names vLLM matches to the base's modules
     assert check_adapter(entry, base=tiny_base).ok
-    VLLMServer(ServeConfig(base=str(tiny_base), registry=str(registry)))  # accepted now
+    assert VLLMServer(ServeConfig(base=str(tiny_base), registry=str(registry))).adapters == {
+        f"{kind}@1": str(entry)
+    }  # accepted now, served as the version the alias names
+    again = _run("adapters", "add", kind, str(path), "--registry", str(registry))  # repaired the same
+    assert again.exit_code == 0 and f"unchanged: {kind}@1 has this content" in again.output, again.output
+    assert sorted(p.name for p in registry.iterdir() if not p.name.startswith(".")) == [
+        "aliases.json",
+        f"{kind}@1",
+    ]
 
 
 def test_a_no_op_adapter_is_flagged_not_refused(kinds, tiny_base, tmp_path):
@@ -149,12 +158,11 @@ def test_names_of_served_models_are_refused(good, tiny_base, tmp_path):
         refused.value
     )
     assert _run("adapters", "add", "one", str(good), "--registry", str(tmp_path / "r")).exit_code == 0
-    again = _run("adapters", "add", "one", str(good), "--registry", str(tmp_path / "r"))
-    assert again.exit_code == 1 and "adapter 'one' is already in the registry" in again.output
-    with pytest.raises(TuneshipError, match="'one' is given by --adapter and in the registry"):
-        VLLMServer(
-            ServeConfig(base=str(tiny_base), registry=str(tmp_path / "r"), adapters={"one": str(good)})
-        )
+    for taken, reason in (("one", "and is an alias in the registry"), ("one@1", "and in the registry")):
+        with pytest.raises(TuneshipError, match=f"'{taken}' is given by --adapter {reason}"):
+            VLLMServer(
+                ServeConfig(base=str(tiny_base), registry=str(tmp_path / "r"), adapters={taken: str(good)})
+            )
 
 
 def test_export_refuses_keys_that_do_not_load_instead_of_writing_the_base(kinds, good, tmp_path):

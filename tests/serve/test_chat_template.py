@@ -222,7 +222,9 @@ def test_a_custom_template_run_served_as_lora_passes_the_template_check(custom_s
     args = custom_server.args
     applied = Path(args[args.index("--chat-template") + 1])
     assert applied.read_text() == CUSTOM
-    assert any("--chat-template" in note and "custom, custom-alt" in note for note in custom_server.notes())
+    assert any(
+        "--chat-template" in note and "custom-alt@1, custom@1" in note for note in custom_server.notes()
+    )
     tokenizer = AutoTokenizer.from_pretrained(tiny_base)
     template = run_chat_template(custom_run.run_dir, tokenizer)
     base_template = model_chat_template(tiny_base)

@@ -29,7 +29,7 @@ def test_container_spec_mounts_model_and_registry_and_pins_the_image(tiny_base, 
     assert command[command.index("--host") + 1] == "0.0.0.0"
     assert command[command.index("--port") + 1] == "8000"
     modules = command[command.index("--lora-modules") + 1 :]
-    assert "tiny-adapter=/registry/tiny-adapter" in modules and "extra=/adapters/extra" in modules
+    assert "tiny-adapter@1=/registry/tiny-adapter@1" in modules and "extra=/adapters/extra" in modules
     assert "k" not in command and spec.environment["VLLM_API_KEY"] == "k"
     assert spec.environment["TUNESHIP_REGISTRY_ROOT"] == "/registry"
     assert spec.ports == {"8000/tcp": ("127.0.0.1", 8123)}

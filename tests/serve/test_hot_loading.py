@@ -10,7 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import openai
 import pytest
-from helpers import API_KEY, bad_adapters, make_adapter, make_tiny_llama
+from helpers import API_KEY, bad_adapters, drop_alias, make_adapter, make_tiny_llama
 from openai import OpenAI
 
 from tuneship.errors import ArtifactError
@@ -25,6 +25,13 @@ def _tuneship(server, *args):
         command += ["--endpoint", server.url]
     env = {**os.environ, "TUNESHIP_API_KEY": API_KEY, "TUNESHIP_REGISTRY": server.config.registry}
     return subprocess.run(command, capture_output=True, text=True, env=env, timeout=300)
+
+
+def _promote(server, version, home):
+    """`tuneship adapters promote` on the server's registry, its audit in a service home of the test's."""
+    command = [sys.executable, "-m", "tuneship.entrypoints.cli", "adapters", "promote", version,
+               "--registry", server.config.registry, "--home", str(home / "records"), "--reason", "test"]  # fmt: skip
+    return subprocess.run(command, capture_output=True, text=True, timeout=300)
 
 
 def _client(server, key=API_KEY):
@@ -53,37 +60,55 @@ def test_hot_load_list_and_unload(live_server, tiny_base, tmp_path):
     made = make_adapter(tiny_base, tmp_path / "hot", seed=7)
     added = _tuneship(live_server, "add", "hot", str(made))
     assert added.returncode == 0, added.stderr
-    loaded = _tuneship(live_server, "load", "hot")
-    assert loaded.returncode == 0 and "Loaded hot (parent tiny-base" in loaded.stdout, loaded.stderr
+    loaded = _tuneship(live_server, "load", "hot")  # the alias: its version loads
+    assert loaded.returncode == 0 and "Loaded hot@1 (parent tiny-base" in loaded.stdout, loaded.stderr
     client = _client(live_server)
     assert _chat(client, "hot", 16) != _chat(client, "tiny-base", 16)
     listing = _tuneship(live_server, "list")
-    assert "hot" in listing.stdout and "adapter of tiny-base" in listing.stdout and "(live)" in listing.stdout
-    again = _tuneship(live_server, "load", "hot")  # same content: nothing to do
+    assert "hot@1" in listing.stdout and "adapter of tiny-base" in listing.stdout, listing.stdout
+    assert "(live)  <- hot" in listing.stdout and "alias of hot@1" in listing.stdout
+    again = _tuneship(live_server, "load", "hot@1")  # same content: nothing to do
     assert again.returncode == 0
     # Roll back: out of the registry (or the resolver would load it again on demand), then unload.
-    shutil.rmtree(os.path.join(live_server.config.registry, "hot"))
-    unloaded = _tuneship(live_server, "unload", "hot")
+    drop_alias(live_server.config.registry, "hot")
+    unloaded = _tuneship(live_server, "unload", "hot@1")
     assert unloaded.returncode == 0, unloaded.stderr
-    with pytest.raises(openai.NotFoundError):
-        _chat(client, "hot")
+    for name in ("hot", "hot@1"):
+        with pytest.raises(openai.NotFoundError):
+            _chat(client, name)
     assert _chat(client, "tiny-adapter") and _chat(client, "tiny-base")
 
 
-def test_replacing_live_content_needs_replace(live_server, tiny_base, tmp_path):
+def test_a_new_version_loads_beside_the_old_one_and_files_are_never_reloaded_changed(
+    live_server, tiny_base, tmp_path
+):
+    """Promoting moves the alias to a version of its own name; the old one answers as before.
+    A live version whose files were changed by hand is refused (reloading it would mix the two)."""
     registry = live_server.config.registry
     first, second = (make_adapter(tiny_base, tmp_path / n, seed=s) for n, s in (("a", 3), ("b", 4)))
-    assert _tuneship(live_server, "add", "swap", str(first)).returncode == 0
-    assert _tuneship(live_server, "load", "swap").returncode == 0
-    before = _chat(_client(live_server), "swap", 16)
-    assert _tuneship(live_server, "add", "swap", str(second), "--force").returncode == 0
-    refused = _tuneship(live_server, "load", "swap")
-    assert refused.returncode == 1 and "--replace" in refused.stderr
-    replaced = _tuneship(live_server, "load", "swap", "--replace")
-    assert replaced.returncode == 0, replaced.stderr
-    assert _chat(_client(live_server), "swap", 16) != before
-    shutil.rmtree(os.path.join(registry, "swap"))
-    assert _tuneship(live_server, "unload", "swap").returncode == 0
+    assert _tuneship(live_server, "add", "pair", str(first)).returncode == 0
+    try:
+        assert _tuneship(live_server, "load", "pair").returncode == 0
+        before = _chat(_client(live_server), "pair", 16)
+        added = _tuneship(live_server, "add", "pair", str(second))
+        assert "alias pair -> pair@1 (promote it with: tuneship adapters promote pair@2)" in added.stdout
+        promoted = _promote(live_server, "pair@2", tmp_path)
+        assert "Promoted: pair -> pair@2 (was pair@1)" in promoted.stdout, promoted.stderr
+        loaded = _tuneship(live_server, "load", "pair", "--replace")
+        assert loaded.returncode == 0 and "Loaded pair@2" in loaded.stdout, loaded.stderr
+        assert "--replace is not needed" in loaded.stderr
+        assert _chat(_client(live_server), "pair", 16) != before
+        assert _chat(_client(live_server), "pair@1", 16) == before
+        shutil.copyfile(second / "adapter_model.safetensors", f"{registry}/pair@1/adapter_model.safetensors")
+        changed = _tuneship(live_server, "load", "pair@1")
+        assert changed.returncode == 1 and "live with other content" in changed.stderr
+        refused = _load(live_server, {"lora_name": "pair@1"})
+        assert refused.status_code == 400 and "never rewritten" in refused.json()["error"]["message"]
+        assert _chat(_client(live_server), "pair@1", 16) == before
+    finally:
+        drop_alias(registry, "pair")
+        for version in ("pair@1", "pair@2"):
+            _tuneship(live_server, "unload", version)
 
 
 def test_first_request_loads_a_registry_adapter_by_name(live_server, tiny_base, tmp_path):
@@ -121,6 +146,7 @@ def test_bad_loads_are_refused_while_traffic_keeps_flowing(live_server, tiny_bas
         "dot-dot": ({"lora_name": "x", "lora_path": f"{root}/../outside"}, 400, "outside the adapter"),
         "symlink out": ({"lora_name": "sneaky", "lora_path": f"{root}/sneaky"}, 400, "outside"),
         "name is a path": ({"lora_name": "../outside"}, 400, "not an adapter name"),
+        "an alias": ({"lora_name": "tiny-adapter"}, 400, "'tiny-adapter' is an alias (of tiny-adapter@1)"),
     }
     good_models = ["tiny-base", "tiny-adapter", "tiny-alt"] * 8
     with ThreadPoolExecutor(6) as pool:

@@ -56,7 +56,7 @@ def test_base_requests_stay_base_beside_adapter_requests_and_adapter_answers_mat
         base=str(tiny_base),
         max_loras=1,
         registry="",
-        adapters={ADAPTER: str(registry.root / ADAPTER)},
+        adapters={ADAPTER: str(registry.path(ADAPTER))},
     )
     with VLLMServer(config) as stock_server:
         stock = _answers(stock_server.url, prompts)

@@ -69,9 +69,14 @@ def test_hot_loading_needs_registry_and_key_and_keeps_the_key_off_the_command_li
 ):
     monkeypatch.setenv("VLLM_LORA_RESOLVER_CACHE_DIR", "/")  # vLLM's unchecked resolver: never inherited
     keyless = VLLMServer(ServeConfig(base=str(tiny_base), registry=str(registry.root), port=9))
-    assert {"tiny-adapter", "tiny-alt"} <= set(keyless.adapters)
-    assert "tuneship.serve.guard.RegistryGuard" not in keyless.args
+    assert {"tiny-adapter@1", "tiny-alt@1"} <= set(keyless.adapters)  # the aliases' versions
+    assert "tuneship.serve.guard.RegistryGuard" in keyless.args  # for the aliases only
+    keyless_env = keyless.environment()
+    assert (
+        "VLLM_ALLOW_RUNTIME_LORA_UPDATING" not in keyless_env and "TUNESHIP_MAX_LORA_RANK" not in keyless_env
+    )
     assert "Hot loading: off" in "\n".join(keyless.notes())
+    assert "Aliases: tiny-adapter -> tiny-adapter@1, tiny-alt -> tiny-alt@1" in "\n".join(keyless.notes())
     server = VLLMServer(ServeConfig(base=str(tiny_base), registry=str(registry.root), api_key="k", port=9))
     env = server.environment()
     assert "k" not in server.args and env["VLLM_API_KEY"] == "k"
