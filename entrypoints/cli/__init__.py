@@ -100,9 +100,20 @@ def main() -> None:
 
 
 # The command groups register themselves on `cli` (they import the helpers above).
-from tuneship.entrypoints.cli import adapters, demo, evaluate, export, serve, service, train  # noqa: E402
+from tuneship.entrypoints.cli import (  # noqa: E402
+    adapters,
+    capture,
+    demo,
+    evaluate,
+    export,
+    monitor,
+    rollout,
+    serve,
+    service,
+    train,
+)
 
-for _module in (train, export, adapters, serve, service, evaluate, demo):
+for _module in (train, export, adapters, capture, serve, service, rollout, monitor, evaluate, demo):
     for _command in _module.COMMANDS:
         cli.add_command(_command)
 

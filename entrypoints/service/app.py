@@ -14,11 +14,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import FileResponse, JSONResponse
+from fastapi.responses import FileResponse, JSONResponse, Response
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException
 
 from tuneship.config import describe_errors
+from tuneship.entrypoints.service.capture import FeedbackRequest
+from tuneship.entrypoints.service.console import console_router
 from tuneship.entrypoints.service.proxy import FrontDoor
 from tuneship.entrypoints.service.schemas import (
     APIError,
@@ -44,7 +46,7 @@ def create_app(service: Service) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await run_in_threadpool(service.start)
-        app.state.front = FrontDoor(service.router)
+        app.state.front = FrontDoor(service.router, service.aliases, service.monitor, service.recorder)
         try:
             yield
         finally:
@@ -57,6 +59,7 @@ def create_app(service: Service) -> FastAPI:
     _file_routes(app, service)
     _job_routes(app, service)
     _inference_routes(app, service)
+    app.include_router(console_router(service))  # the web console at /ui
     return app
 
 
@@ -242,6 +245,25 @@ def _inference_routes(app: FastAPI, service: Service) -> None:
         if found is None:
             raise APIError(404, f"The model {model!r} does not exist", code="model_not_found", param="model")
         return found
+
+    @app.get("/metrics")
+    async def metrics(request: Request, _: Caller) -> Response:
+        """Prometheus text: the front door's series by alias and version, then the managed vLLM's own."""
+        from prometheus_client import CONTENT_TYPE_LATEST
+
+        engine = await request.app.state.front.engine_metrics()
+        return Response(service.monitor.exposition() + engine, media_type=CONTENT_TYPE_LATEST)
+
+    @app.post("/v1/tuneship/feedback")
+    async def feedback(request: Request, _: Caller) -> dict[str, Any]:
+        """Rate or correct a captured answer by its response id (:class:`FeedbackRequest`; any key)."""
+        try:
+            body = FeedbackRequest.model_validate_json(await request.body())
+        except ValidationError as e:
+            first = e.errors()[0]
+            param = ".".join(str(p) for p in first["loc"]) or None
+            raise APIError(400, describe_errors(e).removeprefix("invalid settings: "), param=param) from None
+        return await run_in_threadpool(service.recorder.feedback, body, _key(request))
 
     @app.get("/health")
     async def health(request: Request) -> Any:

@@ -66,6 +66,26 @@ class ServiceConfig(Settings):
         description="an OpenAI-compatible server this service did not start (repeatable): URL, or "
         "URL#ENVVAR to send the key in that environment variable; requests for a model it lists go to it",
     )
+    monitor_every: float = Field(
+        0.0, ge=0, description="minutes between canary evaluations of every live alias (0: none; "
+        "tuneship monitor)"
+    )  # fmt: skip
+    monitor_eval: str = Field("", description="canary eval set (tuneship eval's formats) for monitor_every")
+    monitor_limit: int = Field(20, ge=1, description="canary: first N items of the eval set per alias")
+    monitor_min_score: float | None = Field(None, description="canary: alert below this primary score")
+    monitor_max_latency_ms: float | None = Field(
+        None, gt=0, description="canary: alert above this latency p95 (ms)"
+    )
+    monitor_webhook: str = Field("", description="canary: URL each alert is POSTed to as JSON")
+    capture_redact_patterns: list[str] = Field(
+        default_factory=list,
+        description="captured traffic: a regular expression whose matches are stored as [REDACTED] "
+        "(repeatable; emails, phone and card numbers are always masked)",
+    )
+    capture_redact_hook: str = Field(
+        "", description="captured traffic: module:function that takes a text and returns it redacted "
+        "(run after the built-in masks)"
+    )  # fmt: skip
 
     @field_validator("train_settings")
     @classmethod
@@ -88,6 +108,8 @@ class ServiceConfig(Settings):
             problems.append("vllm_port: the managed vLLM needs a port of its own")
         if self.executor == "ray" and not self.ray_address:
             problems.append("ray_address: executor=ray needs the Ray dashboard's URL (http://HEAD:8265)")
+        if self.monitor_every and not self.monitor_eval:
+            problems.append("monitor_eval: monitor_every needs a canary eval set")
         refuse(problems)
         return self
 

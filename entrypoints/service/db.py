@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, ForeignKey, Integer, String, Text, create_engine, event, text
+from sqlalchemy import JSON, Boolean, Float, ForeignKey, Integer, String, Text, create_engine, event, text
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, sessionmaker
 
@@ -117,6 +117,150 @@ class Checkpoint(Base):
     created_at: Mapped[int] = mapped_column(Integer, default=now)
     # The registry name it is served under once its job succeeded (None: not servable, e.g. gone).
     registry_name: Mapped[str | None] = mapped_column(String(128), nullable=True)
+
+
+class AliasChange(Base):
+    """An audit record of an alias: who moved it (or started, promoted, aborted a rollout of it), why.
+
+    ``action``: promote | rollback | rollout_start | rollout_promote | rollout_abort; ``data``: what
+    the action measured or set (the gate's verdict, a rollout's share, ``forced``).
+    """
+
+    __tablename__ = "alias_changes"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    alias: Mapped[str] = mapped_column(String(128), index=True)
+    action: Mapped[str] = mapped_column(String(32))
+    from_version: Mapped[str | None] = mapped_column(String(160), nullable=True)
+    to_version: Mapped[str | None] = mapped_column(String(160), nullable=True)
+    actor: Mapped[str] = mapped_column(String(128))
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    data: Mapped[dict | None] = mapped_column(JSON, nullable=True)
+    created_at: Mapped[int] = mapped_column(Integer, default=now)
+
+
+class Rollout(Base):
+    """A canary: ``percent`` of the alias's traffic goes to ``candidate``, the rest to ``current``.
+
+    ``state``: active (one per alias at most) | promoted | aborted. ``gate``: its thresholds and
+    the offline checks measured at start (:mod:`~tuneship.entrypoints.service.gate`).
+    """
+
+    __tablename__ = "rollouts"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    alias: Mapped[str] = mapped_column(String(128), index=True)
+    current: Mapped[str] = mapped_column(String(160))
+    candidate: Mapped[str] = mapped_column(String(160))
+    percent: Mapped[float] = mapped_column(Float)
+    state: Mapped[str] = mapped_column(String(16), index=True, default="active")
+    gate: Mapped[dict] = mapped_column(JSON, default=dict)
+    actor: Mapped[str] = mapped_column(String(128))
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    started_at: Mapped[int] = mapped_column(Integer, default=now)
+    ended_at: Mapped[int | None] = mapped_column(Integer, nullable=True)
+
+
+class RequestRecord(Base):
+    """One inference request through the front door: the name asked for, the version that answered.
+
+    ``error``: a server error (5xx, an error event in the stream, a stream cut off upstream);
+    ``ttft_ms``: to the first generated text (streams only); ``latency_ms``: to the last byte.
+    ``rollout_id``: the rollout that chose the version (None: no rollout was active).
+    """
+
+    __tablename__ = "request_records"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    alias: Mapped[str] = mapped_column(String(256), index=True)
+    version: Mapped[str] = mapped_column(String(256))
+    rollout_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
+    status: Mapped[int] = mapped_column(Integer)
+    error: Mapped[bool] = mapped_column(Boolean, default=False)
+    ttft_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    latency_ms: Mapped[float] = mapped_column(Float)
+    output_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[int] = mapped_column(Integer, default=now, index=True)
+
+
+class CaptureSetting(Base):
+    """Whether the front door captures an alias's chat traffic (opt-in; no row: off)."""
+
+    __tablename__ = "capture_settings"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    alias: Mapped[str] = mapped_column(String(128), unique=True, index=True)
+    enabled: Mapped[bool] = mapped_column(Boolean, default=False)
+    changed_at: Mapped[int] = mapped_column(Integer, default=now)
+
+
+class CapturedResponse(Base):
+    """A captured chat completion, redacted: the request's ``messages`` and the answer's text.
+
+    ``response_id``: the ``chatcmpl-...`` id the client saw (what feedback names).
+    """
+
+    __tablename__ = "captured_responses"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    response_id: Mapped[str] = mapped_column(String(128), unique=True, index=True)
+    alias: Mapped[str] = mapped_column(String(256), index=True)
+    version: Mapped[str] = mapped_column(String(256))
+    user: Mapped[str | None] = mapped_column(String(256), nullable=True)
+    messages: Mapped[list] = mapped_column(JSON)
+    answer: Mapped[str] = mapped_column(Text)
+    finish_reason: Mapped[str | None] = mapped_column(String(32), nullable=True)
+    created_at: Mapped[int] = mapped_column(Integer, default=now, index=True)
+
+
+class Feedback(Base):
+    """A rating (-1, 0, 1) and/or a corrected answer (redacted) for a captured response."""
+
+    __tablename__ = "feedback"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    response_id: Mapped[str] = mapped_column(ForeignKey("captured_responses.response_id"), index=True)
+    rating: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    correction: Mapped[str | None] = mapped_column(Text, nullable=True)
+    actor: Mapped[str | None] = mapped_column(String(128), nullable=True)  # the key's name
+    created_at: Mapped[int] = mapped_column(Integer, default=now)
+
+
+class MonitorPoint(Base):
+    """One scheduled canary evaluation of a live alias's version (``tuneship monitor``).
+
+    ``model``: the name asked (the alias, or the version itself during a rollout); ``score``: the
+    mean of the primary metric (``metric``) over ``items``, ``ci_low``/``ci_high`` its 95% bootstrap
+    interval; latency: per answer, end to end, in ms; ``errors``: items not answered, and ``error``
+    why (then no score).
+    """
+
+    __tablename__ = "monitor_points"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    alias: Mapped[str] = mapped_column(String(128), index=True)
+    version: Mapped[str] = mapped_column(String(160))
+    model: Mapped[str] = mapped_column(String(160))
+    metric: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    score: Mapped[float | None] = mapped_column(Float, nullable=True)
+    ci_low: Mapped[float | None] = mapped_column(Float, nullable=True)
+    ci_high: Mapped[float | None] = mapped_column(Float, nullable=True)
+    latency_p50_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    latency_p95_ms: Mapped[float | None] = mapped_column(Float, nullable=True)
+    items: Mapped[int] = mapped_column(Integer, default=0)
+    errors: Mapped[int] = mapped_column(Integer, default=0)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    created_at: Mapped[int] = mapped_column(Integer, default=now, index=True)
+
+
+class MonitorAlert(Base):
+    """An alert of a canary evaluation: ``kind`` score | latency | error, the one-line ``reason``,
+    the measured ``value`` against its ``threshold``; ``webhook``: sent | failed | None (no URL)."""
+
+    __tablename__ = "monitor_alerts"
+    seq: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    point_id: Mapped[int] = mapped_column(ForeignKey("monitor_points.seq"), index=True)
+    alias: Mapped[str] = mapped_column(String(128), index=True)
+    version: Mapped[str] = mapped_column(String(160))
+    kind: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text)
+    value: Mapped[float | None] = mapped_column(Float, nullable=True)
+    threshold: Mapped[float | None] = mapped_column(Float, nullable=True)
+    webhook: Mapped[str | None] = mapped_column(String(16), nullable=True)
+    created_at: Mapped[int] = mapped_column(Integer, default=now, index=True)
 
 
 def _sqlite_pragmas(connection: Any, record: Any) -> None:

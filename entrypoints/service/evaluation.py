@@ -67,10 +67,10 @@ class Evaluator:
             "verify", "--run", str(run_dir), "--model", model, "--base-model", self.base_name,
             "--samples", str(VERIFY_SAMPLES), "--out", str(out / "fidelity"), "--endpoint", endpoint,
         ]  # fmt: skip
-        yield self._report("A/B", ab, out / "ab", _ab_report, model)
-        yield self._report("fidelity", verify, out / "fidelity", _fidelity_report, model)
+        yield self.report("A/B", ab, out / "ab", _ab_report, model)
+        yield self.report("fidelity", verify, out / "fidelity", _fidelity_report, model)
 
-    def _report(
+    def report(
         self,
         what: str,
         args: list[str],

@@ -27,12 +27,17 @@ from starlette.requests import Request
 from starlette.responses import StreamingResponse
 
 from tuneship.artifacts import ADAPTER_CONFIG
+from tuneship.entrypoints.service.capture import Recorder, captured, start_capture
+from tuneship.entrypoints.service.metrics import Meter, Monitor
+from tuneship.entrypoints.service.routing import VERSION_HEADER, AliasTable, request_user
 from tuneship.entrypoints.service.schemas import APIError
+from tuneship.serve.registry import VERSION
 
 log = logging.getLogger(__name__)
 PASSED_HEADERS = ("content-type", "x-request-id", "cache-control")
 MISS_GUARD = 1.0  # seconds between two refreshes of the backends' lists caused by unknown names
 LIST_TIMEOUT = 5.0  # seconds a backend may take to list its models
+MEASURED = ("/v1/chat/completions", "/v1/completions")  # the requests counted (Monitor)
 
 
 @dataclass
@@ -116,8 +121,19 @@ class Router:
 class FrontDoor:
     """Forwards inference requests to backends over one pooled httpx client (owned: :meth:`close`)."""
 
-    def __init__(self, router: Router) -> None:
+    def __init__(
+        self,
+        router: Router,
+        aliases: AliasTable | None = None,
+        monitor: Monitor | None = None,
+        recorder: Recorder | None = None,
+    ) -> None:
+        """``aliases``: route aliases (and their rollouts) to versions; ``monitor``: count requests;
+        ``recorder``: capture the chat completions of the aliases that opted in."""
         self.router = router
+        self.aliases = aliases
+        self.monitor = monitor
+        self.recorder = recorder
         self.client = httpx.AsyncClient(
             timeout=httpx.Timeout(None, connect=5.0),
             limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
@@ -133,18 +149,59 @@ class FrontDoor:
         payload = _json(body) if request.method == "POST" else None
         model = payload.get("model") if isinstance(payload, dict) else None
         model = model if isinstance(model, str) else None
-        if model and self.router.remote and not self.router.known(model):
+        routed, user = None, request_user(payload, request.headers)
+        if self.aliases is not None:
+            routed = await self.aliases.pick(model, user)
+        version, rollout_id = routed or (None, None)
+        chat = path == "/v1/chat/completions"
+        capture = await start_capture(self.recorder, payload, model, version, user) if chat else None
+        target = version or model
+        if target and self.router.remote and not self.router.known(target):
             await self.refresh_backends(max_age=MISS_GUARD)  # a backend may list it since
-        backend, upstream = self.router.route(model)
+        backend, upstream = self.router.route(target)
         rewrite = None
         if isinstance(payload, dict) and isinstance(model, str) and upstream and upstream != model:
             body = json.dumps({**payload, "model": upstream}).encode()
-            rewrite = (upstream, model)
+            if version is None:  # an alias's answer names its version; a fine-tuned model its own name
+                rewrite = (upstream, model)
+        version = version or (model if model and VERSION.match(model) else None)
+        meter = self._meter(path, model, version, rollout_id)
         headers = {
             "content-type": request.headers.get("content-type", "application/json"),
             "accept": request.headers.get("accept", "*/*"),
             "accept-encoding": "identity",
         }
+        try:
+            response = await self._connect(request, path, body, headers, backend, model)
+        except APIError as e:
+            if meter is not None and self.monitor is not None:
+                meter.status = e.status
+                meter.finish()
+                self.monitor.observe(meter)
+            raise
+        passed = {k: v for k, v in response.headers.items() if k.lower() in PASSED_HEADERS}
+        if version:
+            passed[VERSION_HEADER] = version
+        chunks = response.aiter_raw() if rewrite is None else _renamed(response.aiter_raw(), *rewrite)
+        if meter is not None and self.monitor is not None:
+            meter.status = response.status_code
+            meter.streamed = "text/event-stream" in response.headers.get("content-type", "")
+            chunks = _measured(chunks, meter, self.monitor)
+        if capture is not None and self.recorder is not None:
+            capture.status = response.status_code
+            capture.streamed = "text/event-stream" in response.headers.get("content-type", "")
+            chunks = captured(chunks, capture, self.recorder)
+        return StreamingResponse(
+            chunks,
+            status_code=response.status_code,
+            headers=passed,
+            background=BackgroundTask(response.aclose),
+        )
+
+    async def _connect(
+        self, request: Request, path: str, body: bytes, headers: dict, backend: Backend, model: str | None
+    ) -> httpx.Response:
+        """The upstream answer's head, from ``backend`` or (servers given by URL) the first that answers."""
         candidates = [backend] if backend.managed else self.router.serving(model)
         for backend in candidates:
             upstream_request = self.client.build_request(
@@ -155,20 +212,35 @@ class FrontDoor:
                 headers={**backend.headers(), **headers},
             )
             try:
-                response = await self._send(upstream_request, backend, model)
-                break
+                return await self._send(upstream_request, backend, model)
             except APIError:
                 # Not connected: nothing was sent, so the next server that lists the model gets it.
                 if backend.up or backend is candidates[-1]:
                     raise
-        passed = {k: v for k, v in response.headers.items() if k.lower() in PASSED_HEADERS}
-        chunks = response.aiter_raw() if rewrite is None else _renamed(response.aiter_raw(), *rewrite)
-        return StreamingResponse(
-            chunks,
-            status_code=response.status_code,
-            headers=passed,
-            background=BackgroundTask(response.aclose),
-        )
+        raise APIError(503, f"no server of {model!r} is answering", code="model_server_unavailable")
+
+    def _meter(
+        self, path: str, model: str | None, version: str | None, rollout_id: int | None
+    ) -> Meter | None:
+        """A measurement of a chat or completion request (unknown names are counted as ``other``)."""
+        if self.monitor is None or path not in MEASURED:
+            return None
+        asked = model if model and (version or self.router.known(model)) else "other"
+        return Meter(asked, version or asked, rollout_id)
+
+    async def engine_metrics(self) -> bytes:
+        """The managed vLLM's own ``/metrics`` text (a comment saying why, when it has none)."""
+        backend = self.router.backends[0]
+        try:
+            response = await self.client.get(
+                backend.url + "/metrics", headers=backend.headers(), timeout=LIST_TIMEOUT
+            )
+            if response.status_code == 200:
+                return response.content
+            why = f"HTTP {response.status_code}"
+        except httpx.HTTPError as e:
+            why = type(e).__name__
+        return f"# the model server's own metrics are not available now ({why})\n".encode()
 
     async def _send(
         self, request: httpx.Request, backend: Backend | None = None, model: str | None = None
@@ -236,6 +308,12 @@ class FrontDoor:
                     "root": None,
                     "parent": self.router.base_name,
                 }
+        if self.aliases is not None:
+            await self.aliases.fresh()
+            for alias, info in self.aliases.listing().items():
+                listed[alias] = {"id": alias, "object": "model", "created": int(time.time()),
+                                 "owned_by": "tuneship", "root": None,
+                                 "parent": self.router.base_name, **info}  # fmt: skip
         for remote in self.router.remote:
             for model in remote.listed if remote.up else []:
                 listed.setdefault(model["id"], model)  # a name the managed vLLM owns stays its
@@ -247,6 +325,21 @@ def _json(body: bytes) -> Any:
         return json.loads(body) if body else None
     except ValueError:
         return None  # the backend answers it with its own error
+
+
+async def _measured(chunks: AsyncIterator[bytes], meter: Meter, monitor: Monitor) -> AsyncIterator[bytes]:
+    """The answer as it is, measured on the way; counted when it ends (a client gone is no error)."""
+    failed = False
+    try:
+        async for chunk in chunks:
+            meter.feed(chunk)
+            yield chunk
+    except Exception:
+        failed = True  # the server's side broke the stream
+        raise
+    finally:
+        meter.finish(failed)
+        monitor.observe(meter)
 
 
 async def _renamed(chunks: AsyncIterator[bytes], upstream: str, public: str) -> AsyncIterator[bytes]:

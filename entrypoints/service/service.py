@@ -8,6 +8,7 @@ until SIGTERM or Ctrl-C; uvicorn's graceful shutdown runs the app's lifespan, wh
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import secrets
@@ -17,6 +18,8 @@ import threading
 import time
 
 from tuneship.artifacts import write_yaml
+from tuneship.entrypoints.service.canary import CanarySettings, Scheduler, check
+from tuneship.entrypoints.service.capture import Recorder
 from tuneship.entrypoints.service.config import Paths, ServiceConfig, backend_address
 from tuneship.entrypoints.service.db import connect, sessions
 from tuneship.entrypoints.service.evaluation import Evaluator
@@ -24,9 +27,12 @@ from tuneship.entrypoints.service.executor import executor_from
 from tuneship.entrypoints.service.files import FileStore, Preflight
 from tuneship.entrypoints.service.jobs import JobStore
 from tuneship.entrypoints.service.keys import KeyRing
+from tuneship.entrypoints.service.metrics import Monitor
 from tuneship.entrypoints.service.plan import service_defaults
 from tuneship.entrypoints.service.process import group_alive
 from tuneship.entrypoints.service.proxy import Backend, Router
+from tuneship.entrypoints.service.redaction import Redactor
+from tuneship.entrypoints.service.routing import AliasTable
 from tuneship.entrypoints.service.worker import STALE_AFTER, Publisher, Worker, recover
 from tuneship.errors import ServerError, TuneshipError
 from tuneship.serve.config import ServeConfig
@@ -67,6 +73,10 @@ class Service:
         backend = Backend(self.vllm.url.removesuffix("/v1"), self._internal_key, managed=True)
         remote = [Backend(*backend_address(spec)) for spec in config.backends]  # --backend URL
         self.router = Router([backend, *remote], self.jobs.fine_tuned, self.paths.registry, self.base_name)
+        self.aliases = AliasTable(self.paths.registry, self.sessions)  # aliases, rollouts: versions
+        self.monitor = Monitor(self.sessions)  # counts inference requests (/metrics, request records)
+        redactor = Redactor(config.capture_redact_patterns, config.capture_redact_hook)
+        self.recorder = Recorder(self.sessions, redactor)  # captured traffic of opted-in aliases
         self.stop_event = threading.Event()
         self.kick = threading.Event()
         self.ready = threading.Event()
@@ -86,6 +96,25 @@ class Service:
             for i in range(config.workers)
         ]  # fmt: skip
         self._watcher = threading.Thread(target=self._watch_vllm, name="tuneship-vllm-watch", daemon=True)
+        self.canary = self._canary() if config.monitor_every else None  # --monitor-every: its own checks
+
+    def _canary(self) -> Scheduler:
+        """Canary evaluations of the live aliases every ``monitor_every`` minutes, through this
+        service's own front door, with a key known to this process only."""
+        c = self.config
+        key = secrets.token_urlsafe(32)
+        self.keys.allow(key, "user")
+        host = "127.0.0.1" if c.host in ("0.0.0.0", "::") else c.host
+        endpoint = f"http://{f'[{host}]' if ':' in host else host}:{c.port}/v1"
+        settings = CanarySettings(
+            eval_file=c.monitor_eval,
+            limit=c.monitor_limit,
+            min_score=c.monitor_min_score,
+            max_latency_ms=c.monitor_max_latency_ms,
+            webhook=c.monitor_webhook or None,
+        )
+        run = functools.partial(check, settings, endpoint, key, self.paths.registry, self.sessions)
+        return Scheduler(run, c.monitor_every * 60, self.ready, self.stop_event)
 
     def _ready_url(self) -> str | None:
         """The managed vLLM's /v1 URL once it answers (None before)."""
@@ -127,8 +156,14 @@ class Service:
         self.preflight.recover()
         self.router.refresh()
         self.vllm.start()
+        self.monitor.start()
+        self.recorder.start()
         self._watcher.start()
         self.preflight.start()
+        if self.canary is not None:
+            self.canary.start()
+            log.info("Canary: %s against every live alias every %g min", self.config.monitor_eval,
+                     self.config.monitor_every)  # fmt: skip
         for worker in self.workers:
             worker.start()
         log.info("Records: %s; files, jobs and registry in %s", self.engine.url, self.paths.root)
@@ -162,6 +197,8 @@ class Service:
                 worker.join(timeout=60)
         if self.preflight.is_alive():
             self.preflight.join(timeout=30)
+        if self.canary is not None and self.canary.is_alive():
+            self.canary.join(timeout=30)  # a check under way finishes (its requests are short)
         if self.vllm.process is not None:
             group = self.vllm.process.pid
             self.vllm.stop()
@@ -170,6 +207,8 @@ class Service:
             deadline = time.monotonic() + 60
             while group_alive(group) and time.monotonic() < deadline:
                 time.sleep(0.2)
+        self.monitor.stop()
+        self.recorder.stop()
         self.engine.dispose()
 
 

@@ -61,20 +61,21 @@ class Publisher:
     def publish(self, name: str, source: Path, load: bool = True) -> str:
         """Register the adapter of ``source`` (a run or checkpoint directory) as ``name``; says how.
 
-        The registry's own add (``tuneship adapters add``: every check, safetensors, lineage,
-        template; it reads headers and copies files, nothing heavy). ``load``: hot-load it into
+        The registry's write-once entry (:meth:`Registry.put`: the checks of ``tuneship adapters
+        add``, safetensors, lineage, template; it reads headers and copies files, nothing heavy;
+        the same content again is a no-op, as when a retried job publishes again). ``load``: hot-load it into
         the managed server now (else vLLM loads it on its first request).
         """
         from tuneship.serve.registry import Registry
 
-        Registry(self.registry).add(name, source, force=True, base=self.base)
+        Registry(self.registry).put(name, source, base=self.base)
         endpoint = self.endpoint()
         if endpoint is None or not load:
             return "registered; the model server loads it on the first request"
         from tuneship.serve.control import load
 
         try:
-            load(endpoint, name, self.registry, self.api_key, replace=True)
+            load(endpoint, name, self.registry, self.api_key)
         except ServerError as e:
             raise TuneshipError(f"the model server did not load the adapter: {e}") from None
         return "registered and loaded"
@@ -116,6 +117,7 @@ class Worker(threading.Thread):
     def run(self) -> None:
         swept = time.monotonic()
         while not self.stop_event.is_set():
+            job = None
             try:
                 if self.stale_after and time.monotonic() - swept > HEARTBEAT:
                     # a replica that died
@@ -127,10 +129,22 @@ class Worker(threading.Thread):
                     with _heartbeat(self.jobs, job.id):
                         self.run_job(job)
                     continue
-            except Exception:  # noqa: BLE001 -- one broken job must not stop the worker
+            except Exception as e:  # noqa: BLE001 -- one broken job must not stop the worker
                 log.exception("worker %s", self.id)
+                if job is not None:
+                    self._lost(job.id, e)
             self.kick.wait(POLL)
             self.kick.clear()
+
+    def _lost(self, job_id: str, error: Exception) -> None:
+        """A job this worker failed on unexpectedly: stop its run, queue it again or fail it with the
+        reason (after ``max_attempts``), so it never stays ``running`` with nobody running it."""
+        try:
+            self.executor.stop_orphan(self.jobs.get(job_id))
+            reason = f"The worker hit an internal error ({type(error).__name__}: {error})"
+            self.jobs.requeue_or_fail(job_id, reason, self.max_attempts)
+        except Exception:  # noqa: BLE001 -- the database itself may be what failed; recovery takes it
+            log.exception("worker %s: job %s left for recovery", self.id, job_id)
 
     def run_job(self, job: Job) -> None:
         """Train, watching for a cancel, a pause and a stop; then publish, or fail with the run's reason."""

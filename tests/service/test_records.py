@@ -128,3 +128,45 @@ def test_a_job_whose_runs_keep_getting_lost_fails_after_max_attempts(tmp_path):
     assert job.error["message"] == "The training process was killed (signal 9) (after 3 attempts)"
     assert store.claim("w") is None
     engine.dispose()
+
+
+def test_a_worker_that_fails_unexpectedly_requeues_then_fails_the_job_and_keeps_working(tmp_path):
+    import threading
+    import time
+
+    from tuneship.entrypoints.service.db import Event, Job, connect, sessions
+    from tuneship.entrypoints.service.jobs import JobStore
+    from tuneship.entrypoints.service.worker import Worker
+
+    engine = connect(f"sqlite:///{tmp_path / 'records.db'}")
+    store = JobStore(sessions(engine), None, None, "tiny-base", None)
+    with store.sessions.begin() as session:
+        for n in (1, 2):
+            session.add(Job(id=f"ftjob-{n}", model="tiny-base", training_file="file-x", seed=1,
+                            method={"type": "supervised"}, status="queued", result_files=[]))  # fmt: skip
+    stop, ran = threading.Event(), []
+
+    class Broken(Worker):
+        def run_job(self, job):  # the unit under test is the loop around it
+            ran.append(job.id)
+            if job.id == "ftjob-1":
+                raise KeyError("registry")
+            store.finish(job.id, "succeeded", "done")
+
+    worker = Broken(0, store, None, None, max_attempts=2, stop=stop, kick=threading.Event())
+    worker.start()
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and store.get("ftjob-2").status != "succeeded":
+        time.sleep(0.05)
+    stop.set()
+    worker.join(10)
+    first = store.get("ftjob-1")
+    assert first.status == "failed" and first.error["code"] == "training_lost"
+    assert (
+        first.error["message"] == "The worker hit an internal error (KeyError: 'registry') (after 2 attempts)"
+    )
+    assert ran == ["ftjob-1", "ftjob-1", "ftjob-2"]  # queued again once, then failed; the next job ran
+    with store.sessions() as session:
+        warned = [e.message for e in session.query(Event).filter_by(job_id="ftjob-1", level="warn")]
+    assert warned == ["The worker hit an internal error (KeyError: 'registry'); the job is queued again"]
+    engine.dispose()
