@@ -196,3 +196,11 @@ def postgres():
     finally:
         _as_postgres([*ctl, "-m", "fast", "stop"])
         shutil.rmtree(work, ignore_errors=True)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    """Each phase's report on its test (``item.rep_call``): fixtures act on a failure (a screenshot)."""
+    outcome = yield
+    report = outcome.get_result()
+    setattr(item, f"rep_{report.when}", report)
