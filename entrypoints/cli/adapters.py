@@ -149,13 +149,16 @@ def adapters_unload(name: str, endpoint: str, api_key: str | None) -> None:
     click.echo(f"Unloaded {name}")
 
 
-@adapters.command(name="promote")
-@click.option(
+service_registry_option = click.option(
     "--registry",
     "registry_dir",
     type=click.Path(file_okay=False),
     help="the adapter registry  [default: the service's, HOME/registry]",
 )
+
+
+@adapters.command(name="promote")
+@service_registry_option
 @click.argument("version")
 @records_options
 @friendly_errors
@@ -174,12 +177,7 @@ def adapters_promote(
 
 
 @adapters.command(name="rollback")
-@click.option(
-    "--registry",
-    "registry_dir",
-    type=click.Path(file_okay=False),
-    help="the adapter registry  [default: the service's, HOME/registry]",
-)
+@service_registry_option
 @click.argument("alias")
 @records_options
 @friendly_errors
@@ -198,12 +196,7 @@ def adapters_rollback(
 
 
 @adapters.command(name="history")
-@click.option(
-    "--registry",
-    "registry_dir",
-    type=click.Path(file_okay=False),
-    help="the adapter registry  [default: the service's, HOME/registry]",
-)
+@service_registry_option
 @click.argument("alias")
 @click.option("--limit", type=int, default=50, show_default=True, help="changes shown, newest first")
 @home_options

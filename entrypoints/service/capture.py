@@ -14,7 +14,6 @@ into training data.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import queue
 import threading
@@ -31,6 +30,7 @@ from tuneship.entrypoints.service.db import ApiKey, CapturedResponse, CaptureSet
 from tuneship.entrypoints.service.keys import digest
 from tuneship.entrypoints.service.redaction import Redactor
 from tuneship.entrypoints.service.schemas import APIError
+from tuneship.entrypoints.service.sse import AnswerReader, loads
 
 log = logging.getLogger(__name__)
 TTL = 1.0  # seconds a replica may go on with its last reading of which aliases are captured
@@ -100,7 +100,7 @@ class CaptureTable:
 
 
 @dataclass
-class Capture:
+class Capture(AnswerReader):
     """One chat completion as it passes: the request's messages, then the answer's text (choice 0)."""
 
     alias: str
@@ -114,20 +114,11 @@ class Capture:
     parts: list[str] = field(default_factory=list)
     _pending: bytes = b""
 
-    def feed(self, chunk: bytes) -> None:
-        """Look at the next bytes of the answer (whole server-sent events are parsed)."""
-        self._pending += chunk
-        if not self.streamed:
-            if len(self._pending) > BODY_LIMIT:
-                self.status = 0  # too long to capture
-                self._pending = b""
-            return
-        cut = self._pending.rfind(b"\n") + 1
-        if cut:
-            lines, self._pending = self._pending[:cut], self._pending[cut:]
-            for line in lines.splitlines():
-                if line.startswith(b"data: {"):
-                    self._event(_loads(line[6:]))
+    body_limit = BODY_LIMIT
+
+    def _overflow(self) -> None:
+        self.status = 0  # too long to capture
+        self._pending = b""
 
     def _event(self, event: Any) -> None:
         if not isinstance(event, dict) or "error" in event:
@@ -146,7 +137,7 @@ class Capture:
         if self.status != 200:
             return None
         if not self.streamed:
-            body = _loads(self._pending)
+            body = loads(self._pending)
             if not isinstance(body, dict):
                 return None
             self.response_id = body.get("id")
@@ -163,13 +154,6 @@ class Capture:
             "user": self.user, "messages": self.messages, "answer": "".join(self.parts),
             "finish_reason": self.finish_reason, "created_at": now(),
         }  # fmt: skip
-
-
-def _loads(data: bytes) -> Any:
-    try:
-        return json.loads(data)
-    except ValueError:
-        return None
 
 
 class Recorder:

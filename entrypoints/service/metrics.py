@@ -11,7 +11,6 @@ own thread, so neither the event loop nor a stream ever waits for the database.
 
 from __future__ import annotations
 
-import json
 import logging
 import queue
 import threading
@@ -24,6 +23,7 @@ from sqlalchemy import insert
 from sqlalchemy.orm import sessionmaker
 
 from tuneship.entrypoints.service.db import RequestRecord, now
+from tuneship.entrypoints.service.sse import AnswerReader, loads
 
 log = logging.getLogger(__name__)
 # vLLM's own buckets for the same quantities (vllm/v1/metrics/loggers.py), so the front door's
@@ -34,11 +34,10 @@ LATENCY_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.
                    60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0)  # fmt: skip
 BATCH = 500  # rows per insert at most
 FLUSH_EVERY = 0.5  # seconds a measured request waits at most before its row is written
-BODY_LIMIT = 1 << 20  # bytes of a non-streamed answer kept to read its usage
 
 
 @dataclass
-class Meter:
+class Meter(AnswerReader):
     """One request's measurement, fed with the answer's bytes as they pass."""
 
     alias: str
@@ -53,19 +52,6 @@ class Meter:
     tokens: int = 0  # text-carrying chunks seen (vLLM streams one per generated token)
     usage_tokens: int | None = None  # completion_tokens, when the server reported usage
     _pending: bytes = b""
-
-    def feed(self, chunk: bytes) -> None:
-        """Look at the next bytes of the answer (whole server-sent events are parsed)."""
-        self._pending += chunk
-        if not self.streamed:
-            self._pending = self._pending[:BODY_LIMIT]
-            return
-        cut = self._pending.rfind(b"\n") + 1
-        if cut:
-            lines, self._pending = self._pending[:cut], self._pending[cut:]
-            for line in lines.splitlines():
-                if line.startswith(b"data: {"):
-                    self._event(_loads(line[6:]))
 
     def _event(self, event: Any) -> None:
         if not isinstance(event, dict):
@@ -86,7 +72,7 @@ class Meter:
         self.ended = time.perf_counter()
         self.error = self.error or failed or self.status >= 500
         if not self.streamed and self._pending:
-            body = _loads(self._pending)
+            body = loads(self._pending)
             usage = body.get("usage") if isinstance(body, dict) else None
             if isinstance(usage, dict):
                 self.usage_tokens = usage.get("completion_tokens")
@@ -104,13 +90,6 @@ class Meter:
     @property
     def latency(self) -> float:
         return (self.ended or time.perf_counter()) - self.started
-
-
-def _loads(data: bytes) -> Any:
-    try:
-        return json.loads(data)
-    except ValueError:
-        return None
 
 
 class Monitor:
