@@ -134,9 +134,12 @@ class FrontDoor:
         self.aliases = aliases
         self.monitor = monitor
         self.recorder = recorder
+        # An idle pooled connection is dropped here before the server closes it: vLLM's (and
+        # uvicorn's) keep-alive is 5 s, httpx's default expiry too, so a request sent on a connection
+        # idle for ~5 s met the server's close and failed (503, ReadError) under the 16-client load test.
         self.client = httpx.AsyncClient(
             timeout=httpx.Timeout(None, connect=5.0),
-            limits=httpx.Limits(max_connections=None, max_keepalive_connections=256),
+            limits=httpx.Limits(max_connections=None, max_keepalive_connections=256, keepalive_expiry=2.0),
         )
         self._refreshing = asyncio.Lock()
 
