@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import queue
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -26,6 +25,7 @@ from pydantic import BaseModel, Field, model_validator
 from sqlalchemy import insert, select
 from sqlalchemy.orm import sessionmaker
 
+from tuneship.entrypoints.service.batches import BatchWriter
 from tuneship.entrypoints.service.db import ApiKey, CapturedResponse, CaptureSetting, Feedback, now
 from tuneship.entrypoints.service.keys import digest
 from tuneship.entrypoints.service.redaction import Redactor
@@ -35,7 +35,6 @@ from tuneship.entrypoints.service.sse import AnswerReader, loads
 log = logging.getLogger(__name__)
 TTL = 1.0  # seconds a replica may go on with its last reading of which aliases are captured
 BATCH = 200  # rows per insert at most
-FLUSH_EVERY = 0.5  # seconds a finished answer waits at most before its row is written
 BODY_LIMIT = 4 << 20  # bytes of a non-streamed answer read for its text (a longer one is not captured)
 WAIT_FOR_ROW = 5.0  # seconds feedback waits for its answer's row when that is still queued here
 
@@ -163,10 +162,9 @@ class Recorder:
         self.sessions = sessions
         self.redactor = redactor
         self.table = CaptureTable(sessions)
-        self._queue: queue.SimpleQueue[dict | None] = queue.SimpleQueue()
         self._queued: set[str] = set()  # response ids queued or being written
         self._written = threading.Condition()
-        self._thread = threading.Thread(target=self._write, name="tuneship-capture", daemon=True)
+        self.rows = BatchWriter("tuneship-capture", self._write, BATCH)
 
     def keep(self, capture: Capture) -> None:
         """Queue a finished answer (cheap, never blocks)."""
@@ -175,7 +173,7 @@ class Recorder:
             return
         with self._written:
             self._queued.add(row["response_id"])
-        self._queue.put(row)
+        self.rows.put(row)
 
     def wait_written(self, response_id: str, timeout: float = WAIT_FOR_ROW) -> None:
         """Block until ``response_id``'s row is written, if it is queued here (feedback right after)."""
@@ -183,45 +181,22 @@ class Recorder:
             self._written.wait_for(lambda: response_id not in self._queued, timeout=timeout)
 
     def start(self) -> None:
-        self._thread.start()
+        self.rows.start()
 
     def stop(self) -> None:
         """Write what is queued, then end the thread."""
-        self._queue.put(None)
-        if self._thread.is_alive():
-            self._thread.join(timeout=30)
+        self.rows.stop()
 
-    def _batch(self) -> tuple[list[dict], bool]:
-        """The next rows (waiting for the first), and whether stop was asked."""
-        first = self._queue.get()
-        if first is None:
-            return [], True
-        rows, deadline = [first], time.monotonic() + FLUSH_EVERY
-        while len(rows) < BATCH:
-            try:
-                row = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-            except queue.Empty:
-                break
-            if row is None:
-                return rows, True
-            rows.append(row)
-        return rows, False
-
-    def _write(self) -> None:
-        stopping = False
-        while not stopping:
-            rows, stopping = self._batch()
-            if not rows:
-                continue
-            try:
-                redacted = [self._redacted(row) for row in rows]
-                with self.sessions.begin() as session:
-                    session.execute(insert(CapturedResponse), redacted)
-            except Exception as e:  # noqa: BLE001 (captures lost, traffic unaffected)
-                log.warning("%d captured answers not written: %s", len(rows), e)
-            with self._written:
-                self._queued.difference_update(row["response_id"] for row in rows)
-                self._written.notify_all()
+    def _write(self, rows: list[dict]) -> None:
+        try:
+            redacted = [self._redacted(row) for row in rows]
+            with self.sessions.begin() as session:
+                session.execute(insert(CapturedResponse), redacted)
+        except Exception as e:  # noqa: BLE001 (captures lost, traffic unaffected)
+            log.warning("%d captured answers not written: %s", len(rows), e)
+        with self._written:
+            self._queued.difference_update(row["response_id"] for row in rows)
+            self._written.notify_all()
 
     def _redacted(self, row: dict) -> dict:
         return {**row, "messages": self.redactor.messages(row["messages"]),

@@ -12,8 +12,6 @@ own thread, so neither the event loop nor a stream ever waits for the database.
 from __future__ import annotations
 
 import logging
-import queue
-import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,6 +20,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, generate_la
 from sqlalchemy import insert
 from sqlalchemy.orm import sessionmaker
 
+from tuneship.entrypoints.service.batches import BatchWriter
 from tuneship.entrypoints.service.db import RequestRecord, now
 from tuneship.entrypoints.service.sse import AnswerReader, loads
 
@@ -33,7 +32,6 @@ TTFT_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75
 LATENCY_BUCKETS = (0.3, 0.5, 0.8, 1.0, 1.5, 2.0, 2.5, 5.0, 10.0, 15.0, 20.0, 30.0, 40.0, 50.0,
                    60.0, 120.0, 240.0, 480.0, 960.0, 1920.0, 7680.0)  # fmt: skip
 BATCH = 500  # rows per insert at most
-FLUSH_EVERY = 0.5  # seconds a measured request waits at most before its row is written
 
 
 @dataclass
@@ -120,8 +118,7 @@ class Monitor:
             "tuneship_output_tokens", "Generated tokens (the server's usage, else streamed text chunks)",
             labels, registry=registry,
         )  # fmt: skip
-        self._queue: queue.SimpleQueue[dict | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._write, name="tuneship-request-records", daemon=True)
+        self.rows = BatchWriter("tuneship-request-records", self._write, BATCH)
 
     def observe(self, meter: Meter) -> None:
         """Count a finished request (cheap, never blocks: the row is written by the thread)."""
@@ -134,7 +131,7 @@ class Monitor:
         self.latency.labels(*labels).observe(meter.latency)
         if meter.output_tokens:
             self.tokens.labels(*labels).inc(meter.output_tokens)
-        self._queue.put(
+        self.rows.put(
             {
                 "alias": meter.alias, "version": meter.version, "rollout_id": meter.rollout_id,
                 "status": meter.status, "error": meter.error, "latency_ms": meter.latency * 1000,
@@ -148,33 +145,15 @@ class Monitor:
         return generate_latest(self.registry)
 
     def start(self) -> None:
-        self._thread.start()
+        self.rows.start()
 
     def stop(self) -> None:
         """Write what is queued, then end the thread."""
-        self._queue.put(None)
-        if self._thread.is_alive():
-            self._thread.join(timeout=30)
+        self.rows.stop()
 
-    def _write(self) -> None:
-        stopping = False
-        while not stopping:
-            first = self._queue.get()  # idle until a request is measured (or stop)
-            if first is None:
-                return
-            rows = [first]
-            deadline = time.monotonic() + FLUSH_EVERY
-            while len(rows) < BATCH:
-                try:
-                    row = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-                except queue.Empty:
-                    break
-                if row is None:
-                    stopping = True
-                    break
-                rows.append(row)
-            try:
-                with self.sessions.begin() as session:
-                    session.execute(insert(RequestRecord), rows)
-            except Exception as e:  # noqa: BLE001 (statistics lost, traffic unaffected)
-                log.warning("%d request records not written: %s", len(rows), e)
+    def _write(self, rows: list[dict]) -> None:
+        try:
+            with self.sessions.begin() as session:
+                session.execute(insert(RequestRecord), rows)
+        except Exception as e:  # noqa: BLE001 (statistics lost, traffic unaffected)
+            log.warning("%d request records not written: %s", len(rows), e)
