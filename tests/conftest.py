@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 from helpers import (
+    REPO,
     STRONG_RUN,
     TICKETS,
     make_adapter,
@@ -21,6 +22,15 @@ from helpers import (
     tiny_config,
     write_rows,
 )
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Refuse to test another checkout's code: the editable install must point at this one."""
+    import tuneship.train
+
+    installed = Path(tuneship.train.__file__).resolve().parents[1]
+    if installed != REPO:
+        pytest.exit(f"tuneship is imported from {installed}, not {REPO}: run `make setup` here", returncode=4)
 
 
 @pytest.fixture(scope="session")

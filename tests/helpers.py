@@ -198,13 +198,21 @@ def flaky_proxy(upstream: str, fail_every: int = 3):
 
 
 def make_tiny_llama(
-    out: Path, tokenizer=None, hidden_size: int = 128, vocab_size: int = 1024, max_positions: int = 1024
+    out: Path,
+    tokenizer=None,
+    hidden_size: int = 128,
+    vocab_size: int = 1024,
+    max_positions: int = 1024,
+    can_stop: bool = False,
 ) -> Path:
     """A seeded 2-layer random Llama (4 heads, 2 KV heads) saved at ``out``.
 
     With ``tokenizer``: its vocabulary, special ids and files (with the default model's tokenizer
     and hidden 128 it is a base vLLM-CPU serves: head_dim 32). Without: a vocabulary of
     ``vocab_size`` and no tokenizer files, a foreign base for adapters of another width.
+    The pad token's embedding is zero (``padding_idx``); with the default tokenizer the pad token
+    is the end of turn, and with tied embeddings its logit is then always 0, so no LoRA run
+    teaches the model to end an answer. ``can_stop``: a random embedding for it like any token's.
     """
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
@@ -229,7 +237,11 @@ def make_tiny_llama(
         max_position_embeddings=max_positions,
         **special,
     )
-    LlamaForCausalLM(config).save_pretrained(out)
+    model = LlamaForCausalLM(config)
+    if can_stop and config.pad_token_id is not None:
+        with torch.no_grad():
+            model.get_input_embeddings().weight[config.pad_token_id].normal_(0.0, config.initializer_range)
+    model.save_pretrained(out)
     if tokenizer is not None:
         tokenizer.save_pretrained(out)
     return Path(out)

@@ -152,14 +152,9 @@ def _ms(value: float | None) -> str:
 
 
 def _gate(found: Any, stats: dict[str, dict[str, Any]]) -> tuple[list[Any], bool]:
-    from tuneship.entrypoints.service.gate import live_checks, stored_checks, verdict
+    from tuneship.entrypoints.service.gate import rollout_gate
 
-    settings = GateSettings.model_validate(found.gate.get("settings") or {})
-    checks = [
-        *stored_checks(found.gate),
-        *live_checks(settings, stats[found.current], stats[found.candidate]),
-    ]
-    return checks, verdict(checks)
+    return rollout_gate(found, stats)
 
 
 @rollout.command(name="promote")

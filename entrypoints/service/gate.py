@@ -207,3 +207,14 @@ def verdict(checks: list[Check]) -> bool:
 def stored_checks(gate: dict[str, Any]) -> list[Check]:
     """The offline checks kept with a rollout."""
     return [Check(**c) for c in gate.get("offline", [])]
+
+
+def rollout_gate(rollout: Any, stats: dict[str, dict[str, Any]]) -> tuple[list[Check], bool]:
+    """A rollout's gate now: its stored offline checks and the live ones on ``stats`` (``Rollouts.stats``),
+    and whether it passes (what ``rollout status`` and ``rollout promote`` show, CLI and console)."""
+    settings = GateSettings.model_validate(rollout.gate.get("settings") or {})
+    checks = [
+        *stored_checks(rollout.gate),
+        *live_checks(settings, stats[rollout.current], stats[rollout.candidate]),
+    ]
+    return checks, verdict(checks)

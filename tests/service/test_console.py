@@ -1,23 +1,27 @@
 """The web console in a real browser: Debian's headless Chromium driven by Playwright, against one real
 `tuneship service` subprocess (its vLLM, training subprocesses and reports).
 
-The tests run in file order and share the service. A failing test leaves ``failure.png`` in its
-tmp directory. With ``TUNESHIP_SCREENSHOTS=DIR`` set, the main pages are saved there as small PNGs
-(the README's screenshots: ``TUNESHIP_SCREENSHOTS=docs/screenshots pytest tests/service/test_console.py``).
+The tests run in file order and share the service; the registry's tests add two adapter versions
+behind the alias ``tickets`` with `tuneship adapters add`, the monitoring test runs `tuneship
+monitor`. A failing test leaves ``failure.png`` in its tmp directory. With
+``TUNESHIP_SCREENSHOTS=DIR`` set, the main pages are saved there as small PNGs (the README's
+screenshots: ``TUNESHIP_SCREENSHOTS=docs/screenshots pytest tests/service/test_console.py``).
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
-from helpers import TICKETS
+from helpers import CLI, TICKETS, make_adapter, write_rows
 from service.test_service import bad_rows
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's package; Playwright cannot download its own here
@@ -106,8 +110,7 @@ def test_login_roles_cookie_flags_csrf_and_logout(page, ui, service):
     assert "Incorrect API key" in page.get_by_role("alert").inner_text()
 
     login(page, ui, service.user_key)
-    assert nav_links(page) == ["Playground", "Models"]  # a user key calls models: no jobs
-    assert "Registry (coming later)" in page.get_by_role("navigation").inner_text()
+    assert nav_links(page) == ["Playground", "Models", "Registry", "Monitoring"]  # no jobs for a user key
     page.goto(f"{ui}/jobs")
     assert "for admin keys" in page.get_by_role("alert").inner_text()
 
@@ -133,7 +136,7 @@ def test_login_roles_cookie_flags_csrf_and_logout(page, ui, service):
     page.get_by_label("API key").fill(service.admin_key)
     page.get_by_role("button", name="Log in").click()
     page.wait_for_url("**/ui/jobs")  # back where it was going
-    assert nav_links(page) == ["Playground", "Models", "Jobs"]
+    assert nav_links(page) == ["Playground", "Models", "Jobs", "Registry", "Monitoring"]
 
 
 def unlabelled_fields(page) -> list[str]:
@@ -322,3 +325,214 @@ def test_cancel_a_job_from_its_page(page, ui, service):
     assert page.get_by_role("button", name="Cancel job").count() == 0
     page.goto(f"{ui}/jobs")
     shot(page, "jobs")
+
+
+# --- the registry and its rollouts, the canary's monitoring -----------------------------------------
+
+ALIAS = "tickets"
+PROMPT = [{"role": "user", "content": "My invoice is wrong, I was charged twice."}]
+NEVER = "(?!)"  # a regex that matches nothing: with an empty reference (matches anything), a known score
+CANARY_ROWS = [{"prompt": f"Ticket {i}: my order never arrived.", "reference": ""} for i in range(3)] + [
+    {"prompt": f"Ticket {i}: I was charged twice.", "reference": NEVER} for i in range(3, 5)
+]  # 3 of 5 match: score 0.6, whatever the tiny model answers
+
+
+@pytest.fixture(scope="module")
+def versions(service, tiny_base, tmp_path_factory):
+    """tickets@1 and tickets@2 (different seeds: different answers) added with the CLI; tickets -> @1."""
+    work = tmp_path_factory.mktemp("versions")
+    for seed in (1, 2):
+        adapter = make_adapter(tiny_base, work / f"seed{seed}", seed=seed)
+        registry = str(service.home / "registry")
+        done = cli(service, "adapters", "add", ALIAS, str(adapter), "--registry", registry, home=False)
+        assert done.returncode == 0, done.stdout + done.stderr
+    service.wait_ready()
+    return [f"{ALIAS}@1", f"{ALIAS}@2"]
+
+
+def cli(service, *args: str, home: bool = True) -> subprocess.CompletedProcess:
+    """The CLI as a user runs it, on the service's records (``--home``)."""
+    extra = ["--home", str(service.home)] if home else []
+    return subprocess.run([*CLI, *args, *extra], capture_output=True, text=True, timeout=300)
+
+
+def answered_by(service, user: str | None = None) -> str:
+    """The version that answers a request for the alias (its ``x-tuneship-model-version``)."""
+    raw = service.client(service.user_key).chat.completions.with_raw_response.create(
+        model=ALIAS, messages=PROMPT, max_tokens=2, temperature=0, **({"user": user} if user else {})
+    )
+    assert raw.parse().model == raw.headers["x-tuneship-model-version"]
+    return raw.headers["x-tuneship-model-version"]
+
+
+def wait_for_version(service, version: str, timeout: float = 10) -> None:
+    """Until the alias answers from ``version`` (the front door reads changes within about a second)."""
+    deadline = time.monotonic() + timeout
+    while answered_by(service) != version:
+        assert time.monotonic() < deadline, f"{ALIAS} not answered by {version} after {timeout}s"
+        time.sleep(0.3)
+
+
+def newest_change(page) -> list[str]:
+    """Who, what and why of the alias's newest audit row, as the registry page shows it."""
+    row = page.locator("table.history tbody tr").first
+    return [row.locator(f".{cell}").inner_text() for cell in ("actor", "action", "reason")]
+
+
+def test_an_admin_promotes_and_rolls_back_from_the_registry_page(page, ui, service, versions):
+    key = service.create_key("release-manager", "admin")  # the audit names the key
+    assert answered_by(service) == "tickets@1"
+    login(page, ui, key)
+    page.get_by_role("link", name="Registry").click()
+    page.wait_for_url("**/ui/registry")
+    assert unlabelled_fields(page) == []
+    assert page.locator("#alias-tickets .current").inner_text() == "tickets@1"
+    row = page.locator('table.versions tr[data-version="tickets@2"]').inner_text()
+    lineage = json.loads((service.home / "registry" / "tickets@2" / "tuneship.json").read_text())
+    base = lineage["base_model"]
+    assert "lora" in row and base["name"] in row and base["weights_sha256"][:12] in row  # its lineage
+
+    page.get_by_role("button", name="Promote tickets@2").click()
+    page.wait_for_url("**/ui/registry/confirm?**")
+    assert page.locator(".changes li").first.inner_text() == "tickets: tickets@1 → tickets@2"
+    assert "not gated" in page.locator(".note").inner_text()  # the gate's word comes first
+    assert unlabelled_fields(page) == []
+    page.get_by_role("button", name="Promote", exact=True).click()  # no reason: the browser keeps it
+    assert "/ui/registry/confirm" in page.url and page.evaluate(
+        "document.getElementById('reason').validity.valueMissing"
+    )
+    token = page.locator('meta[name="csrf-token"]').get_attribute("content")
+    blank = page.request.post(
+        f"{ui}/registry/promote", form={"csrf": token, "version": "tickets@2", "reason": " "}
+    )
+    assert blank.status == 400 and "A reason is required" in blank.text()  # and so does the server
+    no_token = page.request.post(f"{ui}/registry/promote", form={"version": "tickets@2", "reason": "x"})
+    assert no_token.status == 403 and answered_by(service) == "tickets@1"
+
+    page.evaluate("document.activeElement.blur()")  # keyboard only: Tab to the reason, type, Enter
+    for _ in range(30):
+        if page.evaluate("document.activeElement.id") == "reason":
+            break
+        page.keyboard.press("Tab")
+    page.keyboard.type("better on refunds")
+    page.keyboard.press("Enter")
+    page.wait_for_url("**/ui/registry?changed=tickets*")
+    done = page.get_by_role("status").inner_text()
+    assert "Done: promote tickets@1 → tickets@2 by release-manager (better on refunds)" in done
+    assert newest_change(page) == ["release-manager", "promote", "better on refunds"]
+    wait_for_version(service, "tickets@2")
+    history = cli(service, "adapters", "history", ALIAS).stdout.splitlines()
+    assert re.search(r"release-manager +promote +tickets@1 -> tickets@2 +better on refunds$", history[0])
+
+    # The playground asks for the alias and is answered by the version it now points at.
+    page.goto(f"{ui}/playground?model={ALIAS}")
+    page.get_by_label("Max tokens").fill("4")
+    page.get_by_label("Message", exact=True).fill(PROMPT[0]["content"])
+    page.get_by_role("button", name="Send").click()
+    stats = page.locator("#panel-1 .stats")
+    page.wait_for_function("e => e.dataset.finish !== ''", arg=stats.element_handle(), timeout=60_000)
+    assert stats.get_attribute("data-model") == "tickets@2" and "answered by tickets@2" in stats.inner_text()
+
+    page.goto(f"{ui}/registry")
+    page.get_by_role("button", name="Roll back tickets").click()
+    page.wait_for_url("**/ui/registry/confirm?**")
+    assert page.locator(".changes li").first.inner_text() == "tickets: tickets@2 → tickets@1"
+    page.get_by_label("Reason").fill("complaints")
+    page.get_by_role("button", name="Roll back", exact=True).click()
+    page.wait_for_url("**/ui/registry?changed=tickets*")
+    assert newest_change(page) == ["release-manager", "rollback", "complaints"]
+    assert page.locator("#alias-tickets .current").inner_text() == "tickets@1"
+    wait_for_version(service, "tickets@1")
+
+
+def test_a_canary_from_the_page_shows_its_live_numbers_and_gate_and_aborts(page, ui, service, versions):
+    login(page, ui, service.admin_key)
+    page.goto(f"{ui}/registry")
+    page.get_by_label("Canary candidate").select_option("tickets@2")
+    page.get_by_label("Share of traffic (%)").fill("50")
+    page.get_by_role("button", name="Start canary").click()
+    page.wait_for_url("**/ui/registry/confirm?**")
+    changes = page.locator(".changes").inner_text()
+    assert "tickets: 50% of its traffic → tickets@2, the rest stays on tickets@1" in changes
+    assert page.locator(".verdict").inner_text() == "Gate: does not pass"  # offline checks: CLI-only
+    assert page.locator("table.gate").inner_text().count("not measured") == 2
+    page.get_by_label("Reason").fill("canary from the console")
+    page.get_by_role("button", name="Start canary").click()
+    page.wait_for_url("**/ui/registry?changed=tickets*")
+    assert newest_change(page) == ["admin", "rollout_start", "canary from the console"]
+
+    time.sleep(1.5)  # the front door reads the rollout within a second
+    served = [answered_by(service, user=f"customer-{i}") for i in range(12)]  # sticky per end user
+    assert set(served) == {"tickets@1", "tickets@2"}  # both, all but surely (2 * 0.5^12)
+    deadline = time.monotonic() + 15
+    while True:  # request records are written in batches, within about half a second
+        page.reload()
+        shown = {
+            v: int(page.locator(f'table.live-stats tr[data-version="{v}"] .requests').inner_text())
+            for v in versions
+        }
+        if sum(shown.values()) >= len(served) or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    assert shown == {v: served.count(v) for v in versions}
+    status = cli(service, "rollout", "status", ALIAS).stdout  # the CLI shows the same numbers
+    for version in versions:
+        assert re.search(rf"^  {re.escape(version)} +{shown[version]} ", status, re.M), status
+    assert "too few live requests" in page.locator("table.gate").inner_text()
+    assert page.get_by_role("button", name="Roll back tickets").count() == 0  # not during a canary
+    shot(page, "registry")
+
+    page.get_by_role("button", name="Abort canary").click()
+    page.wait_for_url("**/ui/registry/confirm?**")
+    assert "every request back to tickets@1" in page.locator(".changes").inner_text()
+    page.get_by_label("Reason").fill("enough")
+    page.get_by_role("button", name="Abort canary").click()
+    page.wait_for_url("**/ui/registry?changed=tickets*")
+    assert newest_change(page) == ["admin", "rollout_abort", "enough"]
+    assert (
+        "Rollout" in page.locator("#alias-tickets ~ h3").first.inner_text() and "(aborted)" in page.content()
+    )
+    time.sleep(1.5)
+    assert {answered_by(service, user=f"customer-{i}") for i in range(12)} == {"tickets@1"}
+
+
+def test_a_user_key_sees_no_changes_and_a_forged_change_is_refused(page, ui, service, versions):
+    login(page, ui, service.user_key)
+    page.goto(f"{ui}/registry")
+    assert page.locator("#alias-tickets .current").inner_text() == "tickets@1"  # read-only, but shown
+    assert page.get_by_role("button").all_inner_texts() == ["Log out"]  # no promote/canary/rollback
+    page.goto(f"{ui}/registry/confirm?action=rollback&alias={ALIAS}")
+    assert "for admin keys" in page.get_by_role("alert").inner_text()
+    token = page.locator('meta[name="csrf-token"]').get_attribute("content")  # the user's own session
+    forged = page.request.post(
+        f"{ui}/registry/promote", form={"csrf": token, "version": "tickets@2", "reason": "mine"}
+    )
+    assert forged.status == 403 and "for admin keys" in forged.text()
+    assert answered_by(service) == "tickets@1"
+    assert "mine" not in cli(service, "adapters", "history", ALIAS).stdout
+
+
+def test_the_monitoring_page_charts_a_monitor_run_and_its_alert(page, ui, service, versions, tmp_path):
+    data = write_rows(tmp_path / "canary.jsonl", CANARY_ROWS)
+    args = ["monitor", "--once", "--eval", str(data), "--scorers", "regex",
+            "--endpoint", service.url, "--api-key", service.user_key]  # fmt: skip
+    first = cli(service, *args)
+    assert first.returncode == 0, first.stdout + first.stderr
+    second = cli(service, *args, "--min-score", "0.9")
+    assert second.returncode == 3, second.stdout + second.stderr  # an alert fired
+
+    login(page, ui, service.user_key)
+    page.get_by_role("link", name="Monitoring").click()
+    page.wait_for_url("**/ui/monitoring")
+    score = page.locator("#score-chart-tickets")
+    assert score.locator("polyline").evaluate_all("ps => ps.map(p => p.dataset.series)") == ["tickets@1"]
+    heights = {xy.split(",")[1] for xy in score.locator("polyline").get_attribute("points").split()}
+    assert (
+        len(score.locator("polyline").get_attribute("points").split()) == 2 and len(heights) == 1
+    )  # 0.6 twice
+    assert "tickets@1 last 0.600" in score.locator("svg").get_attribute("aria-label")
+    assert page.locator("#latency-chart-tickets polyline").get_attribute("points").count(",") == 2
+    alert = page.locator("table.alerts tbody tr").first.inner_text()
+    assert "tickets (tickets@1): regex 0.600" in alert and "below the minimum 0.9" in alert
+    assert page.locator("table.points tbody tr").first.locator(".score").inner_text().startswith("0.600 [")
+    shot(page, "monitoring")

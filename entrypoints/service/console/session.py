@@ -35,10 +35,12 @@ SECRET_FILE = "console-secret"
 
 @dataclass(frozen=True)
 class Viewer:
-    """Who is looking: their key's role and the CSRF token of their session."""
+    """Who is looking: their key's role, the CSRF token of their session, and the key's name (the
+    actor the audit records for what they change)."""
 
     role: str
     csrf: str
+    name: str = ""
 
     @property
     def admin(self) -> bool:
@@ -73,8 +75,10 @@ class Sessions:
         if not expires.isdigit() or int(expires) < time.time():
             return None
         with self.records() as session:
-            role = session.scalar(select(ApiKey.role).where(ApiKey.key_sha256 == key_digest))
-        return Viewer(role, self._sign("csrf:" + nonce)) if role else None
+            key = session.execute(
+                select(ApiKey.role, ApiKey.name).where(ApiKey.key_sha256 == key_digest)
+            ).first()
+        return Viewer(key.role, self._sign("csrf:" + nonce), key.name) if key else None
 
     def login_token(self, nonce: str) -> str:
         """The login form's CSRF token for the pre-login cookie ``nonce``."""

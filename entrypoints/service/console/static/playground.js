@@ -38,10 +38,10 @@
     const answer = bubble(panel, "assistant", "");
     panel.setAttribute("aria-busy", "true");
     stats.textContent = "waiting…";
-    stats.dataset.ttft = stats.dataset.tps = stats.dataset.finish = "";
+    stats.dataset.ttft = stats.dataset.tps = stats.dataset.finish = stats.dataset.model = "";
     const body = Object.assign({ model: model, messages: messagesOf(k, message) }, params());
     const start = performance.now();
-    let first = null, text = "", finish = null, tokens = 0, usage = null;
+    let first = null, text = "", finish = null, tokens = 0, usage = null, served = null;
     try {
       const response = await fetch("/ui/api/chat", {
         method: "POST", credentials: "same-origin",
@@ -66,6 +66,7 @@
           if (!line.startsWith("data: ") || line === "data: [DONE]") continue;
           const chunk = JSON.parse(line.slice(6));
           if (chunk.usage) usage = chunk.usage;
+          if (chunk.model) served = chunk.model;  // an alias is answered by a version: its name
           const choice = (chunk.choices || [])[0];
           if (!choice) continue;
           const piece = (choice.delta && choice.delta.content) || "";
@@ -88,8 +89,10 @@
       stats.dataset.ttft = ttft === null ? "" : ttft.toFixed(0);
       stats.dataset.tps = tps.toFixed(1);
       stats.dataset.finish = finish || "";
+      stats.dataset.model = served || "";
       stats.textContent = "TTFT " + (ttft === null ? "—" : ttft.toFixed(0) + " ms") + " · " +
-        tps.toFixed(1) + " tokens/s · " + count + " tokens · finish_reason: " + (finish || "—");
+        tps.toFixed(1) + " tokens/s · " + count + " tokens · finish_reason: " + (finish || "—") +
+        (served && served !== model ? " · answered by " + served : "");
       histories[k].push(message, { role: "assistant", content: text });
     } catch (error) {
       answer.classList.add("error");
