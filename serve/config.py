@@ -60,9 +60,9 @@ class ServeConfig(Settings):
     )
     eager: bool = Field(
         False,
-        description="skip vLLM's torch.compile warm-up (--enforce-eager): starts sooner, decodes slower. "
-        "On CPU only servers without LoRA compile; SmolLM2-135M merged was ready in 66 s instead "
-        "of 210 s on 2 cores, decoding 11% slower",
+        description="skip vLLM's torch.compile warm-up (--enforce-eager): starts sooner, decodes ~11% "
+        "slower. On CPU only servers without LoRA compile, the first model of a shape for about a "
+        "minute on 2 cores; later ones of that architecture load the saved compile",
     )
     deterministic: bool = Field(
         False,

