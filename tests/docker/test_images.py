@@ -4,7 +4,10 @@ Debian's engine (docker.io) is started on a private socket with no bridge networ
 Debian base image is made with debootstrap (no registry is reachable) and cached under
 $TUNESHIP_CACHE/docker; the image is built offline from the wheelhouse with
 --network none; `tuneship serve --runtime docker` runs it with the tiny model and adapter;
-`tuneship ab` talks to it through the openai client. Everything started is removed.
+`tuneship ab` talks to it through the openai client. The engine, its containers and the
+images of older sources are removed at the end; the engine's image store stays in
+$TUNESHIP_CACHE/docker/engine, so its layer cache makes the next build install only what
+changed (the Dockerfile installs the dependencies in a layer of their own, before the sources).
 Where no engine can be started (no root, no apt), the tests say why and are skipped.
 """
 
@@ -22,6 +25,7 @@ from helpers import API_KEY, REPO, free_port
 
 CACHE = Path(os.environ.get("TUNESHIP_CACHE", Path.home() / ".cache" / "tuneship")) / "docker"
 BASE_TAG = "tuneship-test/bookworm:local"
+DEPS_TAG = "tuneship-test/serve-cpu-deps:local"  # the Dockerfile's deps stage: tagged, so kept as cache
 IMAGE_TAG = "tuneship-test/serve-cpu:local"
 
 
@@ -58,7 +62,7 @@ def engine():
             "--host",
             host,
             "--data-root",
-            str(work / "data"),
+            str(CACHE / "engine"),
             "--exec-root",
             str(work / "exec"),
             "--pidfile",
@@ -87,12 +91,8 @@ def engine():
         try:
             for container in client.containers.list(all=True):
                 container.remove(force=True)
-            for image in sorted(client.images.list(all=True), key=lambda i: i.attrs["Created"], reverse=True):
-                try:
-                    client.images.remove(image.id, force=True)  # newest first: children before parents
-                except docker.errors.ImageNotFound:
-                    pass  # went with the child it was the untagged parent of
-            assert not client.images.list(all=True), "every image is removed"
+            client.images.prune(filters={"dangling": True})  # older builds: what no tag leads to
+            assert not client.images.list(filters={"dangling": True}), "only tagged images are kept"
         finally:
             client.close()
             _stop(daemon, work, log)
@@ -136,8 +136,9 @@ def base_image(engine):
             partial = Path(tmp) / "rootfs.tar"
             subprocess.run(["tar", "-C", str(rootfs), "-cf", str(partial), "."], check=True)
             partial.rename(rootfs_tar)
-    with rootfs_tar.open("rb") as f:
-        client.api.import_image_from_data(f.read(), repository=BASE_TAG.split(":")[0], tag="local")
+    if not client.images.list(name=BASE_TAG):  # imported once: a new import would void the layer cache
+        with rootfs_tar.open("rb") as f:
+            client.api.import_image_from_data(f.read(), repository=BASE_TAG.split(":")[0], tag="local")
     return BASE_TAG
 
 
@@ -148,15 +149,17 @@ def serving_image(engine, base_image):
     subprocess.run(
         [sys.executable, str(REPO / "docker" / "wheelhouse.py"), "cpu"], check=True, capture_output=True
     )
-    client.images.build(
-        path=str(REPO),
-        dockerfile="docker/serve-cpu.Dockerfile",
-        tag=IMAGE_TAG,
-        buildargs={"OFFLINE": "1", "BASE_IMAGE": base_image},
-        network_mode="none",
-        rm=True,
-        forcerm=True,
-    )
+    for target, tag in (("deps", DEPS_TAG), (None, IMAGE_TAG)):
+        client.images.build(
+            path=str(REPO),
+            dockerfile="docker/serve-cpu.Dockerfile",
+            tag=tag,
+            target=target,
+            buildargs={"OFFLINE": "1", "BASE_IMAGE": base_image},
+            network_mode="none",
+            rm=True,
+            forcerm=True,
+        )
     image = client.images.get(IMAGE_TAG)
     assert image.attrs["Config"]["User"] == "10001"
     assert image.attrs["Config"]["Healthcheck"]["Test"][0] == "CMD"
