@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -31,18 +32,8 @@ from pathlib import Path
 
 # The example data lives in the source checkout; the preset is package data of tuneship.train.
 DATA = Path(__file__).resolve().parents[1] / "examples" / "tickets" / "train.jsonl"
-
-
-def matmul_peak(dtype_name: str, n: int = 2048, reps: int = 5) -> float:
-    import torch
-
-    dtype = getattr(torch, dtype_name)
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-    a @ b
-    started = time.perf_counter()
-    for _ in range(reps):
-        a @ b
-    return 2 * n**3 * reps / (time.perf_counter() - started)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from measure import matmul_peak, mfu  # noqa: E402
 
 
 def plain_sft(base_path: Path, steps: int, out: Path) -> tuple[float, float]:
@@ -150,10 +141,10 @@ def main() -> None:
     rates = {}
     for arm, (tokens, seconds) in totals.items():
         rates[arm] = tokens / seconds
-        flops = 6 * params * rates[arm]
         print(
             f"{ARMS[arm][0]:34s} {tokens:8.0f} tokens in {seconds:6.1f}s = {rates[arm]:7.1f} tokens/s; "
-            f"MFU {flops / peaks['bf16']:.1%} of bf16 peak, {flops / peaks['fp32']:.1%} of fp32 peak"
+            f"MFU {mfu(params, rates[arm], peaks['bf16']):.1%} of bf16 peak, "
+            f"{mfu(params, rates[arm], peaks['fp32']):.1%} of fp32 peak"
         )
     first = args.arms[0]
     for arm in args.arms[1:]:
