@@ -11,6 +11,7 @@ import shutil
 import signal
 import subprocess
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -120,6 +121,52 @@ class Service:
         from openai import OpenAI
 
         return OpenAI(base_url=self.url, api_key=key or self.admin_key, max_retries=0, timeout=120)
+
+
+class StreamingLoad:
+    """``clients`` threads streaming chat requests for ``model`` until the block ends; every answer
+    is kept with its start and end times (monotonic s), finish reasons, version header and the
+    ``model`` of each chunk; failures as their repr."""
+
+    def __init__(self, service: Service, model: str, messages: list[dict], clients: int = 16) -> None:
+        self.service, self.model, self.messages = service, model, messages
+        self.answers: list[dict] = []
+        self.failures: list[str] = []
+        self.stopping = threading.Event()
+        self.threads = [threading.Thread(target=self._client, args=(i,)) for i in range(clients)]
+
+    def __enter__(self) -> StreamingLoad:
+        for thread in self.threads:
+            thread.start()
+        return self
+
+    def __exit__(self, *_) -> None:
+        self.stopping.set()
+        for thread in self.threads:
+            thread.join(timeout=120)
+
+    def between(self, start: float, end: float) -> list[dict]:
+        """The answers that began at or after ``start`` and ended by ``end``."""
+        return [a for a in self.answers if a["began"] >= start and a["ended"] <= end]
+
+    def _client(self, i: int) -> None:
+        client, n = self.service.client(self.service.user_key), 0
+        while not self.stopping.is_set():
+            n, began = n + 1, time.monotonic()
+            try:
+                raw = client.chat.completions.with_raw_response.create(
+                    model=self.model, messages=self.messages, max_tokens=12, temperature=0, stream=True,
+                    user=f"load-{i}-{n}",
+                )  # fmt: skip
+                chunks = list(raw.parse())
+                finish = [
+                    c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
+                ]
+                self.answers.append({"began": began, "ended": time.monotonic(), "finish": finish,
+                                     "header": raw.headers.get("x-tuneship-model-version"),
+                                     "models": {c.model for c in chunks}})  # fmt: skip
+            except Exception as e:  # noqa: BLE001 (a failed request is what the tests count)
+                self.failures.append(repr(e))
 
 
 def _alive(process: psutil.Process) -> bool:

@@ -366,7 +366,13 @@ def answered_by(service, user: str | None = None) -> str:
 
 
 def wait_for_version(service, version: str, timeout: float = 10) -> None:
-    """Until the alias answers from ``version`` (the front door reads changes within about a second)."""
+    """Until the alias answers from ``version``. The front door may route on a reading of aliases
+    and rollouts up to ``TTL`` s old (and one started before the change), and while an aborted
+    rollout is still read, a request may come from either version by chance: so first wait that
+    reading out, then ask."""
+    from tuneship.entrypoints.service.routing import TTL
+
+    time.sleep(TTL + 0.5)
     deadline = time.monotonic() + timeout
     while answered_by(service) != version:
         assert time.monotonic() < deadline, f"{ALIAS} not answered by {version} after {timeout}s"

@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -23,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 from helpers import CLI, TICKETS, make_adapter, make_tiny_llama, write_rows
-from service.conftest import Service
+from service.conftest import Service, StreamingLoad
 
 ALIAS = "tickets"
 # Of the ticket prompts sent to the alias: answers corrected, down-rated without a correction,
@@ -101,44 +100,6 @@ def prompt(row: dict) -> list[dict]:
 
 def reference(row: dict) -> str:
     return row["messages"][-1]["content"]
-
-
-class Load:
-    """16 streaming clients calling the alias until stopped; every answer kept with its times."""
-
-    def __init__(self, service, messages: list[dict], clients: int = 16) -> None:
-        self.service, self.messages, self.answers, self.failures = service, messages, [], []
-        self.stopping = threading.Event()
-        self.threads = [threading.Thread(target=self._client, args=(i,)) for i in range(clients)]
-
-    def __enter__(self) -> Load:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *_) -> None:
-        self.stopping.set()
-        for thread in self.threads:
-            thread.join(timeout=120)
-
-    def _client(self, i: int) -> None:
-        client, n = self.service.client(self.service.user_key), 0
-        while not self.stopping.is_set():
-            n, began = n + 1, time.monotonic()
-            try:
-                raw = client.chat.completions.with_raw_response.create(
-                    model=ALIAS, messages=self.messages, max_tokens=12, temperature=0, stream=True,
-                    user=f"load-{i}-{n}",
-                )  # fmt: skip
-                chunks = list(raw.parse())
-                finish = [
-                    c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
-                ]
-                self.answers.append({"began": began, "ended": time.monotonic(), "finish": finish,
-                                     "header": raw.headers.get("x-tuneship-model-version"),
-                                     "models": {c.model for c in chunks}})  # fmt: skip
-            except Exception as e:  # noqa: BLE001 (a failed request is what the test counts)
-                self.failures.append(repr(e))
 
 
 def test_corrected_traffic_trains_the_next_version_that_the_gate_promotes_and_a_worse_one_is_refused(
@@ -327,7 +288,7 @@ def _worse_is_refused_and_aborted_under_load(service, held_out: Path, messages: 
     print(started.stdout)
     means = _offline_ab(started, "tickets@3")
     assert means["exact"][1] == 0 and means["exact"][0] >= 0.5, means
-    with Load(service, messages) as load:
+    with StreamingLoad(service, ALIAS, messages) as load:
         time.sleep(3)
         refused = tuneship(service, "rollout", "promote", ALIAS, check=False)
         tuneship(service, "rollout", "abort", ALIAS, "--reason", "the gate refused it")

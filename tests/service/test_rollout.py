@@ -9,13 +9,13 @@ from __future__ import annotations
 
 import re
 import subprocess
-import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 
 import httpx
 import pytest
 from helpers import CLI, make_adapter
+from service.conftest import StreamingLoad
 
 ALIAS = "tickets"
 PROMPT = [{"role": "user", "content": "My invoice is wrong, I was charged twice."}]
@@ -104,7 +104,13 @@ def ask(client, model: str = ALIAS, user: str | None = None, max_tokens: int = 6
 
 
 def wait_for_version(client, version: str, timeout: float = 10) -> None:
-    """Until the alias answers from ``version`` (the front door reads changes within about a second)."""
+    """Until the alias answers from ``version``. The front door may route on a reading of aliases
+    and rollouts up to ``TTL`` s old (and one started before the change), and while an aborted
+    rollout is still read, a request may come from either version by chance: so first wait that
+    reading out, then ask."""
+    from tuneship.entrypoints.service.routing import TTL
+
+    time.sleep(TTL + 0.5)
     deadline = time.monotonic() + timeout
     while ask(client)[0] != version:
         assert time.monotonic() < deadline, f"{ALIAS} not answered by {version} after {timeout}s"
@@ -168,49 +174,6 @@ def test_a_rollout_splits_traffic_sticky_per_end_user(service, versions):
     wait_for_version(client, "tickets@1")
 
 
-class Load:
-    """16 streaming clients calling the alias until stopped; every answer kept with its times."""
-
-    def __init__(self, service, clients: int = 16) -> None:
-        self.service, self.answers, self.failures = service, [], []
-        self.stopping = threading.Event()
-        self.threads = [threading.Thread(target=self._client, args=(i,)) for i in range(clients)]
-
-    def __enter__(self) -> Load:
-        for thread in self.threads:
-            thread.start()
-        return self
-
-    def __exit__(self, *_) -> None:
-        self.stopping.set()
-        for thread in self.threads:
-            thread.join(timeout=120)
-
-    def _client(self, i: int) -> None:
-        client = self.service.client(self.service.user_key)
-        n = 0
-        while not self.stopping.is_set():
-            n += 1
-            began = time.monotonic()
-            try:
-                raw = client.chat.completions.with_raw_response.create(
-                    model=ALIAS, messages=PROMPT, max_tokens=12, temperature=0, stream=True,
-                    user=f"load-{i}-{n}",
-                )  # fmt: skip
-                chunks = list(raw.parse())
-                finish = [
-                    c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
-                ]
-                self.answers.append({"began": began, "ended": time.monotonic(), "finish": finish,
-                                     "header": raw.headers.get("x-tuneship-model-version"),
-                                     "models": {c.model for c in chunks}})  # fmt: skip
-            except Exception as e:  # noqa: BLE001 (a failed request is what the test counts)
-                self.failures.append(repr(e))
-
-    def between(self, start: float, end: float) -> list[dict]:
-        return [a for a in self.answers if a["began"] >= start and a["ended"] <= end]
-
-
 def test_sixteen_streaming_clients_see_no_failure_through_rollout_changes(service, versions):
     steps = {}
 
@@ -220,7 +183,7 @@ def test_sixteen_streaming_clients_see_no_failure_through_rollout_changes(servic
         steps[name] = (began, time.monotonic())  # the change is made between the two
         return done
 
-    with Load(service) as load:
+    with StreamingLoad(service, ALIAS, PROMPT) as load:
         time.sleep(3)
         step(
             "start",
