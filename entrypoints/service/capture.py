@@ -254,9 +254,14 @@ async def start_capture(
 async def captured(
     chunks: AsyncIterator[bytes], capture: Capture, recorder: Recorder
 ) -> AsyncIterator[bytes]:
-    """The answer as it is, collected on the way; kept when it ends whole (not cut off, not left)."""
-    async for chunk in chunks:
-        capture.feed(chunk)
-        yield chunk
-    capture.feed(b"\n")
-    recorder.keep(capture)
+    """The answer as it is, collected on the way; kept when it is whole (:meth:`Capture.row`: a
+    stream that reached its finish_reason, a body that parses). Also when the client hangs up right
+    after the last event: the openai SDK closes the connection at ``data: [DONE]``, which can cancel
+    this before the upstream's end of body arrives; a stream cut before its end is still not kept."""
+    try:
+        async for chunk in chunks:
+            capture.feed(chunk)
+            yield chunk
+    finally:
+        capture.feed(b"\n")
+        recorder.keep(capture)

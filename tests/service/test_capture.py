@@ -85,6 +85,43 @@ def test_a_stream_is_captured_as_it_passes():
     assert cut.row() is None  # an answer that never finished is no training data
 
 
+def test_an_answer_is_kept_when_the_client_hangs_up_after_its_last_event_and_not_before():
+    """The openai SDK closes the connection at ``data: [DONE]``; the front door may then be
+    cancelled while it still waits for the upstream's end of body (seen in CI: a streamed answer
+    measured whole but never captured)."""
+    import asyncio
+
+    from tuneship.entrypoints.service.capture import Capture, captured
+
+    class Kept(list):
+        def keep(self, capture):
+            self.append(capture.row())
+
+    events = [b'data: {"id":"chatcmpl-9","choices":[{"index":0,"delta":{"content":"Hi"}}]}\n\n',
+              b'data: {"id":"chatcmpl-9","choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n',
+              b"data: [DONE]\n\n"]  # fmt: skip
+
+    async def hang_up_after(sent: int) -> list:
+        async def upstream():
+            for event in events:
+                yield event
+            await asyncio.sleep(3600)  # the end of body that has not arrived yet
+
+        kept = Kept()
+        capture = Capture(ALIAS, "tickets@1", "u1", [], streamed=True, status=200)
+        answer = captured(upstream(), capture, kept)
+        for _ in range(sent):
+            await answer.__anext__()
+        await answer.aclose()  # what Starlette does when the client has gone
+        return kept
+
+    whole = asyncio.run(hang_up_after(3))
+    assert [(r["response_id"], r["answer"], r["finish_reason"]) for r in whole] == [
+        ("chatcmpl-9", "Hi", "stop")
+    ]
+    assert asyncio.run(hang_up_after(1)) == [None]  # left mid-answer: nothing to keep
+
+
 # --- the service --------------------------------------------------------------------------------
 
 
