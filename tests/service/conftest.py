@@ -176,15 +176,34 @@ def _alive(process: psutil.Process) -> bool:
         return False
 
 
-@pytest.fixture(scope="module")
-def service(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory):
-    """A running service for the module (stopped, with a check that nothing is left, at its end)."""
+def running_service(base: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A service on ``base`` while the generator lives (stopped, with a check that nothing is left)."""
     work = tmp_path_factory.mktemp("service")
-    running = Service(work / "home", tiny_base, work / "service.log")
+    running = Service(work / "home", base, work / "service.log")
     running.start()
     yield running
     if running.process is not None:
         assert running.stop() == []
+
+
+@pytest.fixture(scope="module")
+def service(tiny_base: Path, tmp_path_factory: pytest.TempPathFactory):
+    """A running service for the module on the tiny base."""
+    yield from running_service(tiny_base, tmp_path_factory)
+
+
+def wait_until_version(answered_by, version: str, alias: str, timeout: float = 10) -> None:
+    """Until ``answered_by()`` (the version a request for ``alias`` got) is ``version``. The front
+    door may route on a reading of aliases and rollouts up to ``TTL`` s old (and one started before
+    the change), and while an aborted rollout is still read, a request may come from either version
+    by chance: so first wait that reading out, then ask."""
+    from tuneship.entrypoints.service.routing import TTL
+
+    time.sleep(TTL + 0.5)
+    deadline = time.monotonic() + timeout
+    while answered_by() != version:
+        assert time.monotonic() < deadline, f"{alias} not answered by {version} after {timeout}s"
+        time.sleep(0.3)
 
 
 @pytest.fixture(scope="module")

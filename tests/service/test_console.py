@@ -22,6 +22,7 @@ from urllib.parse import quote
 
 import pytest
 from helpers import CLI, TICKETS, make_adapter, write_rows
+from service.conftest import wait_until_version
 from service.test_service import bad_rows
 
 CHROMIUM = Path("/usr/bin/chromium")  # Debian's package; Playwright cannot download its own here
@@ -365,18 +366,9 @@ def answered_by(service, user: str | None = None) -> str:
     return raw.headers["x-tuneship-model-version"]
 
 
-def wait_for_version(service, version: str, timeout: float = 10) -> None:
-    """Until the alias answers from ``version``. The front door may route on a reading of aliases
-    and rollouts up to ``TTL`` s old (and one started before the change), and while an aborted
-    rollout is still read, a request may come from either version by chance: so first wait that
-    reading out, then ask."""
-    from tuneship.entrypoints.service.routing import TTL
-
-    time.sleep(TTL + 0.5)
-    deadline = time.monotonic() + timeout
-    while answered_by(service) != version:
-        assert time.monotonic() < deadline, f"{ALIAS} not answered by {version} after {timeout}s"
-        time.sleep(0.3)
+def wait_for_version(service, version: str) -> None:
+    """Until the alias answers from ``version`` (:func:`service.conftest.wait_until_version`)."""
+    wait_until_version(lambda: answered_by(service), version, ALIAS)
 
 
 def newest_change(page) -> list[str]:

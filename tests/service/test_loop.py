@@ -22,7 +22,7 @@ from pathlib import Path
 import httpx
 import pytest
 from helpers import CLI, TICKETS, make_adapter, make_tiny_llama, write_rows
-from service.conftest import Service, StreamingLoad
+from service.conftest import StreamingLoad, running_service
 
 ALIAS = "tickets"
 # Of the ticket prompts sent to the alias: answers corrected, down-rated without a correction,
@@ -50,12 +50,7 @@ def stopping_base(default_base, tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def service(stopping_base, tmp_path_factory):
     """This module's own service, on the base that can learn to stop."""
-    work = tmp_path_factory.mktemp("service")
-    running = Service(work / "home", stopping_base, work / "service.log")
-    running.start()
-    yield running
-    if running.process is not None:
-        assert running.stop() == []
+    yield from running_service(stopping_base, tmp_path_factory)
 
 
 def operator_reply(row: dict) -> dict:

@@ -15,7 +15,7 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 from helpers import CLI, make_adapter
-from service.conftest import StreamingLoad
+from service.conftest import StreamingLoad, wait_until_version
 
 ALIAS = "tickets"
 PROMPT = [{"role": "user", "content": "My invoice is wrong, I was charged twice."}]
@@ -103,18 +103,9 @@ def ask(client, model: str = ALIAS, user: str | None = None, max_tokens: int = 6
     return answer.model, raw.headers.get("x-tuneship-model-version"), answer.choices[0].message.content
 
 
-def wait_for_version(client, version: str, timeout: float = 10) -> None:
-    """Until the alias answers from ``version``. The front door may route on a reading of aliases
-    and rollouts up to ``TTL`` s old (and one started before the change), and while an aborted
-    rollout is still read, a request may come from either version by chance: so first wait that
-    reading out, then ask."""
-    from tuneship.entrypoints.service.routing import TTL
-
-    time.sleep(TTL + 0.5)
-    deadline = time.monotonic() + timeout
-    while ask(client)[0] != version:
-        assert time.monotonic() < deadline, f"{ALIAS} not answered by {version} after {timeout}s"
-        time.sleep(0.3)
+def wait_for_version(client, version: str) -> None:
+    """Until the alias answers from ``version`` (:func:`service.conftest.wait_until_version`)."""
+    wait_until_version(lambda: ask(client)[0], version, ALIAS)
 
 
 def test_an_alias_is_answered_by_its_version(service, versions):
