@@ -41,18 +41,20 @@ import argparse
 import json
 import math
 import os
+import shlex
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 BENCH = REPO / "bench"
 sys.path.insert(0, str(BENCH))
-from measure import matmul_peak, mfu  # noqa: E402
+from measure import matmul_peak  # noqa: E402
+from train_quality_report import ArmRun, Checkpoint, fmt, report  # noqa: E402
 
 VENV_BIN = Path(sys.executable).parent
 ARMS = {
@@ -65,38 +67,6 @@ ADAPTER_FILES = ("adapter_config.json", "adapter_model.safetensors", "chat_templ
 DEFAULT_BATCH = 8  # TrainConfig.batch_size, for spacing the checkpoints
 
 
-@dataclass
-class Checkpoint:
-    step: int
-    wall_s: float
-    path: str
-    score: float | None = None
-
-
-@dataclass
-class ArmRun:
-    task: str
-    arm: str
-    returncode: int
-    wall_s: float
-    peak_rss_mb: float
-    tokens: float | None = None
-    train_s: float | None = None
-    steps: int | None = None
-    adapter: str = ""
-    log: str = ""
-    checkpoints: list[Checkpoint] = field(default_factory=list)
-    load: tuple[float, float] | None = None  # 1-minute load average at the arm's start and end
-    score: float | None = None
-    score_ci: tuple[float, float] | None = None
-    diff_to_base: tuple[float, float, float] | None = None
-    metrics: dict[str, float] = field(default_factory=dict)  # every scorer's mean
-
-    @property
-    def tokens_per_s(self) -> float | None:
-        return self.tokens / self.train_s if self.tokens and self.train_s else None
-
-
 def wilson(mean: float, n: int) -> tuple[float, float]:
     """95% Wilson score interval of a proportion ``mean`` over ``n`` items (scipy's binomtest)."""
     from scipy.stats import binomtest
@@ -105,14 +75,6 @@ def wilson(mean: float, n: int) -> tuple[float, float]:
         return (0.0, 1.0)
     interval = binomtest(round(mean * n), n).proportion_ci(0.95, method="wilson")
     return (float(interval.low), float(interval.high))
-
-
-def first_reaching(points: list[Checkpoint], target: float | None) -> Checkpoint | None:
-    """The earliest (by wall time) scored checkpoint whose score is at least ``target``."""
-    if target is None:
-        return None
-    reached = [p for p in points if p.score is not None and p.score >= target]
-    return min(reached, key=lambda p: p.wall_s, default=None)
 
 
 def say(message: str) -> None:
@@ -200,10 +162,10 @@ def train_arm(task: str, arm: str, files: dict, base: Path, work: Path, save_ste
         return run
     cmd = [str(VENV_BIN / "tuneship"), "train", "--data", str(files["train"]), "--name", arm]
     cmd += ["--runs-dir", str(arm_dir / "runs"), "--eval-data", str(files["eval"]), *ARMS[arm]]
-    if arm == "tuneship":
+    if "--max-steps" not in ARMS[arm]:  # a short memory arm needs no checkpoints
         cmd += ["--save-steps", str(save_steps)]
     run_dir = arm_dir / "runs" / arm
-    watch = run_dir / "checkpoints" if arm == "tuneship" else None
+    watch = run_dir / "checkpoints"
     code, wall, rss, ckpts = run_child(cmd, log, watch, arm_dir / "ckpt")
     run = ArmRun(
         task, arm, code, wall, rss, adapter=str(run_dir / "adapter"), log=str(log), checkpoints=ckpts
@@ -214,6 +176,15 @@ def train_arm(task: str, arm: str, files: dict, base: Path, work: Path, save_ste
         summary = yaml.safe_load((run_dir / "run.yaml").read_text())["result"]
         run.tokens, run.train_s, run.steps = summary["num_tokens"], summary["train_seconds"], summary["steps"]
     return run
+
+
+def custom_arm(spec: str) -> str:
+    """Register ``NAME=FLAGS`` as an arm of ``tuneship train`` with those flags; returns NAME."""
+    name, sep, flags = spec.partition("=")
+    if not sep or not name or name == "recipe":
+        raise SystemExit(f"--arm {spec!r}: expected NAME=FLAGS (NAME not recipe)")
+    ARMS[name] = shlex.split(flags)
+    return name
 
 
 def served_name(run: ArmRun, ckpt: Checkpoint | None = None) -> str:
@@ -288,108 +259,26 @@ def score_all(runs: list[ArmRun], files: dict[str, dict], base: Path, work: Path
     }
 
 
-def ratio(a: float | None, b: float | None) -> str:
-    return f"{a / b:.2f}x" if a and b else "-"
-
-
-def fmt(x: float | None, spec: str = ".1f") -> str:
-    return "-" if x is None else format(x, spec)
-
-
-def report(runs: list[ArmRun], scores: dict, meta: dict) -> str:
-    lines = [
-        "# Time to a good adapter: the guide's recipe against `tuneship train`",
-        "",
-        f"Command: `{meta['command']}`",
-        "",
-        f"Machine: {meta['threads']} torch threads; bf16 matmul peak measured in this run "
-        f"{meta['peak_bf16'] / 1e9:.0f} GFLOP/s. Base {meta['base']} ({meta['params'] / 1e6:.1f}M "
-        f"parameters). MFU = 6 x {meta['params'] / 1e6:.1f}M (all base parameters) x tokens/s / bf16 "
-        "peak. Tokens: the trainer's count of input tokens. Wall: process start to exit (loading "
-        "included). RSS: peak of that process alone. Load: the machine's 1-minute load average at "
-        "the arm's start and end (other work shares the cores). Ratios against the recipe arm.",
-        "",
-    ]
-    for task in meta["tasks"]:
-        lines += task_lines(task, [r for r in runs if r.task == task], scores.get(task, {}), meta)
-    return "\n".join(lines)
-
-
-def task_lines(task: str, runs: list[ArmRun], scores: dict, meta: dict) -> list[str]:
-    by_arm = {r.arm: r for r in runs}
-    recipe, lora = by_arm.get("recipe"), by_arm.get("lora-bf16")
-    primary = scores.get("primary_metric", "-")
-    base = scores.get("base", {})
-    other = next((m for m in base if m != primary), None)
-    lines = [
-        f"## {task}: {meta['rows'][task]} train rows, {scores.get('items', '-')} held-out rows",
-        "",
-        f"Primary metric: {primary}; base model {fmt(base.get(primary), '.3f')}"
-        + (f", {other} {fmt(base.get(other), '.3f')}." if other else "."),
-        "",
-        "| arm | steps | tokens | train s | tokens/s | vs recipe | MFU | wall s | peak RSS MiB "
-        f"| RSS vs lora-bf16 | load | {primary} [95% CI] | vs base [95% CI] | {other or '-'} |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for arm, r in by_arm.items():
-        rate = r.tokens_per_s
-        util = mfu(meta["params"], rate, meta["peak_bf16"]) * 100 if rate else None
-        diff = f"{r.diff_to_base[0]:+.3f} [{r.diff_to_base[1]:+.3f}, {r.diff_to_base[2]:+.3f}]"
-        ci = ", ".join(fmt(x, ".2f") for x in r.score_ci or (None, None))
-        cells = [
-            arm if r.returncode == 0 else f"{arm} (exit {r.returncode})",
-            fmt(r.steps, "d"),
-            fmt(r.tokens, ".0f"),
-            fmt(r.train_s),
-            fmt(rate),
-            ratio(rate, recipe.tokens_per_s if recipe else None),
-            f"{fmt(util, '.1f')}%",
-            f"{r.wall_s:.0f}",
-            f"{r.peak_rss_mb:.0f}",
-            ratio(r.peak_rss_mb, lora.peak_rss_mb if lora else None),
-            "-" if not r.load else f"{r.load[0]:.1f}-{r.load[1]:.1f}",
-            f"{fmt(r.score, '.3f')} [{ci}]",
-            diff if r.diff_to_base else "-",
-            fmt(r.metrics.get(other or ""), ".3f"),
-        ]
-        lines.append("| " + " | ".join(cells) + " |")
-    return [*lines, "", *checkpoint_lines(by_arm.get("tuneship"), recipe, base.get(primary)), ""]
-
-
-def checkpoint_lines(run: ArmRun | None, recipe: ArmRun | None, base_score: float | None) -> list[str]:
-    if not run or not run.checkpoints:
-        return ["No tuneship checkpoints were scored."]
-    points = [*run.checkpoints, Checkpoint(run.steps or -1, run.wall_s, run.adapter, run.score)]
-    lines = [
-        "The tuneship arm's checkpoints (wall s since its process started; last row: the final adapter):"
-    ]
-    lines += ["", "| step | wall s | score |", "|---|---|---|"]
-    lines += [f"| {p.step} | {p.wall_s:.0f} | {fmt(p.score, '.3f')} |" for p in points]
-    target = recipe.score if recipe else None
-    hit = first_reaching(points, target)
-    if target is None or recipe is None:
-        return [*lines, "", "The recipe arm has no score: nothing to reach."]
-    if hit is None:
-        return [*lines, "", f"No tuneship checkpoint reached the recipe's final score {target:.3f}."]
-    lines += [
-        "",
-        f"First to reach the recipe's final score {target:.3f}: step {hit.step} at {hit.wall_s:.0f} s, "
-        f"{hit.wall_s / recipe.wall_s:.2f} of the recipe's wall time ({recipe.wall_s:.0f} s; aim <= 0.5).",
-    ]
-    if base_score is not None and target <= base_score:
-        lines.append("The recipe does not beat the base model here, so reaching its score says nothing.")
-    return lines
-
-
 def main() -> None:
     formatter = argparse.RawDescriptionHelpFormatter
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=formatter)
     parser.add_argument("--task", action="append", help="examples/TASK data (repeatable; default: tickets)")
+    parser.add_argument(
+        "--arm",
+        action="append",
+        default=[],
+        metavar="NAME=FLAGS",
+        help="an extra `tuneship train` arm with these flags, e.g. 'lr1e-3=--lr 1e-3 --epochs 3' "
+        "(repeatable; runs after --arms)",
+    )
     parser.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS), help="arms to run")
+    parser.add_argument(
+        "--no-score", action="store_true", help="train and measure only (no server, no scores)"
+    )
     parser.add_argument("--rows", type=int, help="use the first N training rows (default: all)")
     parser.add_argument("--eval-rows", type=int, help="score on the first N held-out rows (default: all)")
     parser.add_argument(
-        "--checkpoints", type=int, default=4, help="tuneship arm: about this many checkpoints"
+        "--checkpoints", type=int, default=2, help="`tuneship train` arms: checkpoints per epoch"
     )
     parser.add_argument("--max-tokens", type=int, default=64, help="answer length limit when scoring")
     parser.add_argument("--port", type=int, default=8041, help="port of the scoring server")
@@ -399,6 +288,7 @@ def main() -> None:
     )
     args = parser.parse_args()
     tasks = args.task or ["tickets"]
+    arms = args.arms + [custom_arm(spec) for spec in args.arm]
 
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
@@ -418,7 +308,7 @@ def main() -> None:
             files[task] = prepare_task(task, args.rows, args.eval_rows, base.path, work)
             files[task]["eval_rows"] = len((work / task / "eval.jsonl").read_text().splitlines())
             save_steps = max(1, math.ceil(files[task]["rows"] / DEFAULT_BATCH) // args.checkpoints)
-            for arm in args.arms:
+            for arm in arms:
                 say(f"{task}: training arm {arm} on {files[task]['rows']} rows")
                 load = os.getloadavg()[0]
                 run = train_arm(task, arm, files[task], base.path, work, save_steps)
@@ -429,7 +319,7 @@ def main() -> None:
                     f"{fmt(run.train_s)} s ({fmt(run.tokens_per_s)} tokens/s), wall {run.wall_s:.0f} s, "
                     f"peak RSS {run.peak_rss_mb:.0f} MiB, {len(run.checkpoints)} checkpoints (log: {run.log})"
                 )
-        scores = score_all(runs, files, base.path, work, args)
+        scores = {} if args.no_score else score_all(runs, files, base.path, work, args)
         meta = {
             "command": " ".join([Path(sys.argv[0]).name, *sys.argv[1:]]),
             "threads": torch.get_num_threads(),

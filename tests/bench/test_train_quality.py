@@ -9,16 +9,26 @@ import pytest
 from helpers import REPO
 
 
-@pytest.fixture(scope="module")
-def tq():
-    spec = importlib.util.spec_from_file_location("train_quality", REPO / "bench" / "train_quality.py")
+def load(name: str):
+    spec = importlib.util.spec_from_file_location(name, REPO / "bench" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
     spec.loader.exec_module(module)
     return module
 
 
-def test_first_reaching_is_the_earliest_checkpoint_at_or_above_the_target(tq) -> None:
+@pytest.fixture(scope="module")
+def tq():
+    return load("train_quality")  # puts bench/ on sys.path for its own imports
+
+
+@pytest.fixture(scope="module")
+def report(tq):
+    return sys.modules["train_quality_report"]
+
+
+def test_first_reaching_is_the_earliest_checkpoint_at_or_above_the_target(report) -> None:
+    tq = report
     points = [
         tq.Checkpoint(step=30, wall_s=90.0, path="c", score=0.8),
         tq.Checkpoint(step=10, wall_s=30.0, path="a", score=0.4),
