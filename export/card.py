@@ -21,12 +21,11 @@ SETTINGS = (
     "lora_r",
     "lora_alpha",
     "target_modules",
-    "learning_rate",
     "max_steps",
     "batch_size",
     "max_length",
 )
-RESULTS = ("steps", "train_loss", "eval_loss", "num_tokens")
+RESULTS = ("learning_rate", "epochs", "steps", "train_loss", "eval_loss", "num_tokens")
 
 
 def model_card(name: str, lineage: Lineage, run: dict | None, parity: Parity) -> Any:

@@ -74,11 +74,14 @@ def train_dpo(config: TrainConfig, data: Dataset, run_dir: Path, resume: bool) -
     say(f"Batches: padded, padding {padding:.1%}, precision {'bf16' if bf16 else 'fp32'}")
     if eval_pairs and not resume:
         trainer.evaluate()  # the starting point, logged at step 0
-    output, seconds = run_trainer(trainer, run_dir, resume)
+    output, seconds = run_trainer(trainer, run_dir, resume, config.epochs)
     if eval_pairs and trainer.state.global_step % config.eval_steps:
         trainer.evaluate()  # the end point, when the last step was no evaluation step
     summary = {
         "steps": trainer.state.global_step,
+        "epochs": round(float(trainer.state.epoch or 0), 2),
+        "learning_rate": trainer.args.learning_rate,
+        "gradient_checkpointing": bool(trainer.args.gradient_checkpointing),
         "train_loss": round(float(output.training_loss), 4),
         "train_seconds": round(seconds, 1),
         "num_tokens": int(trainer.state.num_input_tokens_seen) or None,
@@ -146,7 +149,7 @@ def build_dpo_trainer(
         return datasets.Dataset.from_dict({c: [getattr(p, c) for p in pairs] for c in columns})
 
     args = DPOConfig(
-        **trainer_arguments(config, run_dir, evaluate=bool(eval_pairs)),
+        **trainer_arguments(config, run_dir, evaluate=bool(eval_pairs), examples=len(train_pairs)),
         beta=config.beta,
         loss_type=[config.loss_type],
         bf16=False,  # the adapter trains in fp32 on the (possibly bf16) frozen base, as in SFT

@@ -167,8 +167,9 @@ def _reporters() -> list[str]:
     return ["tensorboard"] if importlib.util.find_spec("tensorboard") else []
 
 
-def trainer_arguments(config: TrainConfig, run_dir: Path, evaluate: bool) -> dict[str, Any]:
-    """The Trainer arguments every method takes from the run's settings (SFTConfig, DPOConfig)."""
+def trainer_arguments(config: TrainConfig, run_dir: Path, evaluate: bool, examples: int) -> dict[str, Any]:
+    """The Trainer arguments every method takes from the run's settings (SFTConfig, DPOConfig);
+    ``examples``: the training rows (or pairs), which ``epochs: auto`` is resolved from."""
     import torch
 
     distributed = int(os.environ.get("WORLD_SIZE", "1")) > 1
@@ -176,11 +177,11 @@ def trainer_arguments(config: TrainConfig, run_dir: Path, evaluate: bool) -> dic
     return dict(
         output_dir=str(run_dir / CHECKPOINTS_DIR),
         max_steps=config.max_steps,
-        num_train_epochs=config.epochs,
+        num_train_epochs=config.epochs_for(examples),
         per_device_train_batch_size=config.batch_size,
         per_device_eval_batch_size=config.batch_size,
         gradient_accumulation_steps=config.grad_accum,
-        learning_rate=config.learning_rate,
+        learning_rate=config.peak_learning_rate,
         lr_scheduler_type="cosine",
         warmup_steps=0.05,
         logging_steps=config.logging_steps,
@@ -189,7 +190,7 @@ def trainer_arguments(config: TrainConfig, run_dir: Path, evaluate: bool) -> dic
         save_steps=config.save_steps,
         save_total_limit=2,
         max_length=config.max_length,
-        gradient_checkpointing=config.gradient_checkpointing,
+        gradient_checkpointing=config.recomputes_activations,
         seed=config.seed,
         data_seed=config.seed,
         use_cpu=not torch.cuda.is_available(),
@@ -200,9 +201,26 @@ def trainer_arguments(config: TrainConfig, run_dir: Path, evaluate: bool) -> dic
     )
 
 
-def run_trainer(trainer: Any, run_dir: Path, resume: bool) -> tuple[Any, float]:
-    """Train (from the last complete checkpoint when resuming); returns TRL's output and the seconds."""
+def schedule(args: Any, rows: int, epochs: float | str) -> str:
+    """One line on how the run trains: its length, batch, peak learning rate, recomputation."""
+    if args.max_steps > 0:
+        length = f"{args.max_steps} steps"
+    else:
+        auto = f" (auto for {rows} rows)" if epochs == "auto" else ""
+        length = f"{args.num_train_epochs:g} epochs{auto}"
+    checkpointing = "on" if args.gradient_checkpointing else "off"
+    return (
+        f"{length}, batch {args.per_device_train_batch_size}, peak learning rate "
+        f"{args.learning_rate:g}, gradient checkpointing {checkpointing}"
+    )
+
+
+def run_trainer(trainer: Any, run_dir: Path, resume: bool, epochs: float | str = "auto") -> tuple[Any, float]:
+    """Train (from the last complete checkpoint when resuming); returns TRL's output and the seconds.
+
+    ``epochs`` is the setting as given (``"auto"`` or a number), for the schedule line."""
     started = time.time()
+    say(f"Schedule: {schedule(trainer.args, len(trainer.train_dataset), epochs)}")
     checkpoint = latest_checkpoint(run_dir) if resume else None
     if checkpoint:
         say(f"Resuming from {checkpoint}")

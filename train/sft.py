@@ -81,7 +81,7 @@ def build_trainer(
 
     packing = use_packing(config, [len(r.input_ids) for r in train_rows])
     args = SFTConfig(
-        **trainer_arguments(config, run_dir, evaluate=bool(eval_rows)),
+        **trainer_arguments(config, run_dir, evaluate=bool(eval_rows), examples=len(train_rows)),
         packing=packing,
         bf16=bf16 and config.method in ("full", "qlora"),  # autocast; adapters on a bf16 base need none
         # The Trainer's own count: padding-free packed rows hold no padding, padded ones are masked.
@@ -155,10 +155,13 @@ def _train(config: TrainConfig, data: Dataset, run_dir: Path, resume: bool) -> R
         f"Batches: {'packed (padding-free)' if trainer.args.packing else 'padded'}, "
         f"padding {padding:.1%}, precision {'bf16' if bf16 else 'fp32'}"
     )
-    output, seconds = run_trainer(trainer, run_dir, resume)
+    output, seconds = run_trainer(trainer, run_dir, resume, config.epochs)
     evals = [e["eval_loss"] for e in trainer.state.log_history if "eval_loss" in e]
     summary = {
         "steps": trainer.state.global_step,
+        "epochs": round(float(trainer.state.epoch or 0), 2),
+        "learning_rate": trainer.args.learning_rate,
+        "gradient_checkpointing": bool(trainer.args.gradient_checkpointing),
         "train_loss": round(float(output.training_loss), 4),
         "eval_loss": round(evals[-1], 4) if evals else None,
         "train_seconds": round(seconds, 1),

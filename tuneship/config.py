@@ -124,6 +124,9 @@ def _click_shape(annotation: Any) -> tuple[dict[str, Any], Callable[[Any, Any], 
         inner = [a for a in args if a is not type(None)]
         if len(inner) == 1:
             return _click_shape(inner[0])
+        # e.g. float | Literal["auto"]: the text goes to the model, which knows the choices
+        names = [str(a) for i in inner for a in (typing.get_args(i) or (i.__name__.upper(),))]
+        return {"type": str, "metavar": "|".join(names)}, lambda param, value: value
     if origin is Literal:
         return {"type": click.Choice([str(a) for a in args])}, lambda param, value: value
     if origin is list:

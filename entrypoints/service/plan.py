@@ -3,7 +3,7 @@
 ``"auto"`` is resolved as documented here and reported on the job: ``n_epochs`` by OpenAI's
 published rule (3 passes, more for a small file so that about 100 examples are seen, fewer for a
 huge one), ``batch_size`` the service's (capped at the examples), ``learning_rate_multiplier``
-1.0 (of the service's learning rate), ``beta`` the service's.
+1.0 (of the service's learning rate: its setting, else the method's default), ``beta`` the service's.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from typing import Any
 
 from tuneship.artifacts import write_yaml
 from tuneship.config import load_config
-from tuneship.train.config import TrainConfig
+from tuneship.train.config import TrainConfig, auto_epochs, default_learning_rate
 
 TRAIN_FILE = "train.yaml"  # the run's settings, as `tuneship train --config` reads them
 RUN_NAME = "run"  # the run directory inside a job's directory
@@ -24,15 +24,6 @@ CHECKPOINTS_PER_JOB = 3  # about this many checkpoints (OpenAI keeps the last th
 def service_defaults(settings: dict[str, str], base: str) -> TrainConfig:
     """The service's training settings on top of training's own defaults (checked; one clear line)."""
     return load_config(TrainConfig, data="unset", base=base, **settings)
-
-
-def auto_epochs(examples: int) -> int:
-    """OpenAI's rule: 3 epochs, raised so ~100 examples are seen, lowered past ~25,000 (1 to 25)."""
-    if examples * 3 < 100:
-        return min(25, math.ceil(100 / max(examples, 1)))
-    if examples * 3 > 25_000:
-        return max(1, 25_000 // examples)
-    return 3
 
 
 def resolve(method: dict[str, Any], examples: int, defaults: TrainConfig) -> dict[str, Any]:
@@ -69,6 +60,8 @@ def train_config(
 ) -> TrainConfig:
     """The settings of a job's run: the service's defaults, the resolved hyperparameters, the job's files."""
     h = resolved["hyperparameters"]
+    method = "dpo" if resolved["type"] == "dpo" else defaults.method
+    rate = defaults.learning_rate if defaults.learning_rate is not None else default_learning_rate(method)
     steps = math.ceil(examples / (h["batch_size"] * defaults.grad_accum)) * h["n_epochs"]
     every = max(1, math.ceil(steps / CHECKPOINTS_PER_JOB))
     settings = {
@@ -81,8 +74,8 @@ def train_config(
         "epochs": h["n_epochs"],
         "max_steps": -1,
         "batch_size": h["batch_size"],
-        "learning_rate": defaults.learning_rate * h["learning_rate_multiplier"],
-        "method": "dpo" if resolved["type"] == "dpo" else defaults.method,
+        "learning_rate": rate * h["learning_rate_multiplier"],
+        "method": method,
         "beta": h["beta"],
         "save_steps": every,
         "eval_steps": every,

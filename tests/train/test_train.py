@@ -59,6 +59,20 @@ def test_run_directory_records_config_lineage_and_metrics(tiny_base, tiny_run):
     assert list((tiny_run.run_dir / "tensorboard").rglob("events.out.tfevents.*"))
 
 
+def test_epochs_auto_follows_openais_rule_for_the_row_count(tiny_base, ticket_rows, tmp_path, caplog):
+    """20 rows: 3 epochs would show 60 examples, so auto raises it to ceil(100 / 20) = 5."""
+    data = write_rows(tmp_path / "train.jsonl", ticket_rows[:20])
+    config = tiny_config(tiny_base, data, tmp_path / "runs", "auto", max_steps=-1, batch_size=8)
+    assert config.epochs == "auto" and not config.recomputes_activations
+    with caplog.at_level("INFO", logger="tuneship"):
+        result = train_model(config)
+    assert "Schedule: 5 epochs (auto for 20 rows), batch 8" in caplog.text
+    assert "gradient checkpointing off" in caplog.text
+    summary = read_yaml(result.run_dir / "run.yaml")["result"]
+    assert summary["epochs"] == 5.0 and summary["steps"] == 5 * 3  # ceil(20 / 8) steps an epoch
+    assert summary["gradient_checkpointing"] is False
+
+
 def test_rerun_without_force_is_refused(tiny_run):
     config = load_config(TrainConfig, **read_yaml(tiny_run.run_dir / "run.yaml")["config"])
     with pytest.raises(ArtifactError, match="already holds a trained adapter"):
