@@ -2,10 +2,12 @@
 
     tuneship export runs/tickets --out exports/tickets
 
-locate adapter and base (from lineage) -> load base in fp32 -> merge -> save into a
-temporary directory (weights, tokenizer with the run's chat template, generation
-config, model card) -> reload and compare with base + adapter (PEFT) -> write
-parity.json and manifest.json -> rename into place. Nothing is left at --out if any
+locate adapter and base (from lineage) -> load base in fp32 + adapter (PEFT) -> their
+logits on fixed prompts -> merge -> round the weights to the saved dtype and compare their
+logits (computed in fp32, as a reload would) -> save into a temporary directory (weights,
+tokenizer with the run's chat template, generation config, model card) -> check that the
+saved tensors are exactly the compared ones -> write parity.json and manifest.json -> rename
+into place. Nothing is left at --out if any
 step fails. An adapter trained with QLoRA is merged into the full-precision base, never
 into 4-bit weights.
 """
@@ -33,7 +35,15 @@ from tuneship.chat import resolve_chat_template, run_chat_template, stop_token_i
 from tuneship.errors import ArtifactError
 from tuneship.export.card import model_card
 from tuneship.export.manifest import write_manifest
-from tuneship.export.parity import PARITY_PROMPTS, Dtype, Parity, compare_logits, last_logits
+from tuneship.export.parity import (
+    PARITY_PROMPTS,
+    Dtype,
+    Parity,
+    check_saved_tensors,
+    compare_logits,
+    last_logits,
+    round_weights,
+)
 from tuneship.lineage import Lineage, read_lineage, write_lineage
 from tuneship.models import ResolvedBase, base_of_adapter, load_peft
 
@@ -111,11 +121,12 @@ def export_merged(
     report = check_adapter(adapter, base=base.path)
     if report.broken:  # before loading: PyTorch's own message would be cut off and name no cause
         raise ArtifactError(f"{adapter}: cannot merge: " + "; ".join(report.broken))
-    peft_model = load_peft(base, adapter)
+    peft_model = load_peft(base, adapter, strict=False)  # keys checked next
     check_loaded_keys(peft_model, adapter, report)
     peft_model.eval()
     reference = last_logits(peft_model, tokenizer, PARITY_PROMPTS)
     merged = peft_model.merge_and_unload()
+    parity = check_merged(merged, tokenizer, reference, dtype)  # before anything is written
     lineage = adapter_lineage.model_copy(
         update={
             "kind": "merged-model",
@@ -126,7 +137,8 @@ def export_merged(
     )
     with atomic_dir(out, force=force) as tmp:
         save_merged(merged, tokenizer, base, tmp, dtype, shard_size)
-        parity = check_saved(tmp, tokenizer, reference, dtype)
+        check_saved_tensors(merged, tmp)  # the file holds exactly the weights just checked
+        (tmp / PARITY).write_text(parity.model_dump_json(indent=2) + "\n")
         write_lineage(tmp, lineage)
         model_card(out.name, lineage, run, parity).save(tmp / MODEL_CARD)
         write_manifest(tmp, lineage.model_dump(mode="json", exclude_none=True))
@@ -192,17 +204,15 @@ def save_merged(
     generation.save_pretrained(out)
 
 
-def check_saved(directory: Path, tokenizer: Any, reference: list[Any], dtype: Dtype) -> Parity:
-    """Reload the saved weights in fp32 and compare them with base + adapter; writes ``parity.json``.
+def check_merged(merged: Any, tokenizer: Any, reference: list[Any], dtype: Dtype) -> Parity:
+    """Round the merged weights to ``dtype`` (in place, float32 storage) and compare them, computed
+    in float32, with base + adapter (``reference``): what a float32 reload of the saved file gives.
 
     Raises ArtifactError when they do not match within ``dtype``'s limits.
     """
-    import torch
-    from transformers import AutoModelForCausalLM
-
-    reloaded = AutoModelForCausalLM.from_pretrained(directory, dtype=torch.float32).eval()
-    parity = compare_logits(reference, last_logits(reloaded, tokenizer, PARITY_PROMPTS), dtype)
+    round_weights(merged, _torch_dtype(dtype))
+    candidate = last_logits(merged, tokenizer, PARITY_PROMPTS)
+    parity = compare_logits(reference, candidate, dtype, len(PARITY_PROMPTS))
     if not parity.passed:
         raise ArtifactError(f"merged model does not match base + adapter: {parity.summary()}")
-    (directory / PARITY).write_text(parity.model_dump_json(indent=2) + "\n")
     return parity

@@ -203,6 +203,26 @@ def test_export_refuses_keys_that_do_not_load_instead_of_writing_the_base(kinds,
     assert export_merged(kinds["bin-only"], tmp_path / "e", dtype="fp32").parity.passed  # PEFT reads .bin
 
 
+def test_reference_model_refuses_an_adapter_file_that_lacks_tensors(good, tiny_base, tmp_path):
+    """verify's base + adapter: PEFT fills the adapter's tensors from its file (no random init
+    first); one the file lacks would stay empty, so it is refused with the reason."""
+    from safetensors.torch import load_file, save_file
+
+    from tuneship.models import load_peft, resolve_base
+
+    partial = tmp_path / "partial"
+    shutil.copytree(good, partial)
+    tensors = load_file(partial / "adapter_model.safetensors")
+    save_file(
+        {k: v for k, v in tensors.items() if "v_proj" not in k}, str(partial / "adapter_model.safetensors")
+    )
+    with pytest.raises(
+        ArtifactError, match=r"4 tensor\(s\) the adapter's config asks for are not in its weights"
+    ):
+        load_peft(resolve_base(str(tiny_base)), partial)
+    assert load_peft(resolve_base(str(tiny_base)), good).active_adapter == "default"
+
+
 def test_config_rank_pattern_is_honoured(good, tmp_path):
     config = json.loads((good / "adapter_config.json").read_text())
     patterned = tmp_path / "patterned"

@@ -109,10 +109,14 @@ def base_of_adapter(adapter: Path, base_spec: str | None = None) -> ResolvedBase
     return base
 
 
-def load_peft(base: ResolvedBase, adapter: Path) -> Any:
+def load_peft(base: ResolvedBase, adapter: Path, strict: bool = True) -> Any:
     """Base (fp32) + adapter as a PEFT model: the reference export and verify compare against.
 
-    Raises ArtifactError with PEFT's reason when the adapter does not load on this base.
+    The adapter's tensors are created empty and filled from its file (PEFT's
+    ``low_cpu_mem_usage``: no random initialisation that the file then overwrites). Raises
+    ArtifactError with PEFT's reason when the adapter does not load on this base, and (``strict``)
+    when a tensor its config asks for is not in its file; with ``strict=False`` the caller checks
+    the keys itself (export's :func:`check_loaded_keys` names the cause).
     """
     import torch
     from peft import PeftModel
@@ -120,10 +124,17 @@ def load_peft(base: ResolvedBase, adapter: Path) -> Any:
 
     model = AutoModelForCausalLM.from_pretrained(base.path, dtype=torch.float32)
     try:
-        return PeftModel.from_pretrained(model, adapter)
+        peft_model = PeftModel.from_pretrained(model, adapter, low_cpu_mem_usage=True)
     except Exception as e:  # peft raises ValueError/RuntimeError/safetensors errors
         reason = str(e).strip().splitlines()[0][:300] if str(e).strip() else type(e).__name__
         raise ArtifactError(f"{adapter}: cannot load the adapter on {base.name}: {reason}") from None
+    empty = [name for name, p in peft_model.named_parameters() if p.is_meta]
+    if strict and empty:
+        raise ArtifactError(
+            f"{adapter}: {len(empty)} tensor(s) the adapter's config asks for are not in its weights "
+            f"file (e.g. {empty[0]}); save the adapter again from the trained model"
+        )
+    return peft_model
 
 
 def _weights_hash(path: Path) -> str:

@@ -7,7 +7,7 @@ import pytest
 from helpers import tiny_config, write_rows
 
 from tuneship.adapters import check_adapter, fitting_max_lora_rank
-from tuneship.artifacts import read_json, sha256_file
+from tuneship.artifacts import read_json, read_yaml, sha256_file
 from tuneship.errors import ArtifactError
 from tuneship.export.adapter import export_adapter
 from tuneship.export.manifest import verify_export
@@ -121,6 +121,8 @@ def test_qlora_adapter_merges_into_full_precision_weights(tiny_base, ticket_rows
     saved = json.loads((result.out / "config.json").read_text())
     assert "quantization_config" not in saved and saved["dtype"] == "float32"
     assert result.parity.passed
+    # QLoRA recomputes activations by default (the peak is activations; measured in the README)
+    assert read_yaml(run.run_dir / "run.yaml")["result"]["gradient_checkpointing"] is True
 
 
 def test_adapter_only_export_is_a_clean_peft_directory(tiny_run, tmp_path):
