@@ -8,7 +8,16 @@ from __future__ import annotations
 import torch
 from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
 
-from tuneship.serve.lora_ops import StepPlan, dense_expand, dense_shrink, expand, shrink, token_groups
+from tuneship.serve.lora_ops import (
+    SlotWeights,
+    StepPlan,
+    dense_expand,
+    dense_shrink,
+    expand,
+    grouped_linear,
+    shrink,
+    token_groups,
+)
 
 
 class PunicaWrapperTuneship(PunicaWrapperCPU):
@@ -21,6 +30,10 @@ class PunicaWrapperTuneship(PunicaWrapperCPU):
     """
 
     plan_: StepPlan | None = None
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.weights_ = SlotWeights()  # every layer's slots, laid out for grouped_linear
 
     def update_metadata(self, mapping, lora_index_to_id, max_loras, vocab_size, **kwargs):
         super().update_metadata(mapping, lora_index_to_id, max_loras, vocab_size, **kwargs)
@@ -64,15 +77,20 @@ class PunicaWrapperTuneship(PunicaWrapperCPU):
     def add_lora_linear(
         self, y, x, lora_a_stacked, lora_b_stacked, scale, output_slices, *, buffer=None, **kwargs
     ):
-        """Dense steps go straight from shrink to expand (no per-slice buffers); others as vLLM
-        (its buffers, then :meth:`add_shrink` and :meth:`add_expand`)."""
+        """Straight from shrink to expand, no per-slice buffers: dense steps with the dense ops,
+        contiguous ones with :func:`grouped_linear` (one product each way per adapter group for
+        all slices); anything else as vLLM (its buffers, :meth:`add_shrink`, :meth:`add_expand`)."""
         plan = self._plan_for(x.view(-1, x.shape[-1]).shape[0])
-        if plan is None or not plan.dense or buffer is not None:
-            return super().add_lora_linear(
-                y, x, lora_a_stacked, lora_b_stacked, scale, output_slices, buffer=buffer, **kwargs
-            )
-        shrunk = dense_shrink(x.view(-1, x.shape[-1]), lora_a_stacked, plan, scale)
-        return dense_expand(y.view(-1, y.shape[-1]), shrunk, lora_b_stacked, plan, 0, output_slices, True)
+        flat_x, flat_y = x.view(-1, x.shape[-1]), y.view(-1, y.shape[-1])
+        slices_fit = list(output_slices) == [b.shape[-2] for b in lora_b_stacked]
+        if plan is not None and buffer is None and plan.dense:
+            shrunk = dense_shrink(flat_x, lora_a_stacked, plan, scale)
+            return dense_expand(flat_y, shrunk, lora_b_stacked, plan, 0, output_slices, True)
+        if plan is not None and buffer is None and slices_fit and sum(output_slices) <= flat_y.shape[1]:
+            return grouped_linear(flat_y, flat_x, lora_a_stacked, lora_b_stacked, plan, scale, self.weights_)
+        return super().add_lora_linear(
+            y, x, lora_a_stacked, lora_b_stacked, scale, output_slices, buffer=buffer, **kwargs
+        )
 
     def add_lora_embedding(self, y, x, lora_b_stacked, add_inputs=True, **kwargs):
         plan = self._plan_for(y.shape[0])

@@ -171,7 +171,9 @@ def test_status_names_the_verified_version_and_the_opt_out(monkeypatch):
 
 
 @pytest.mark.parametrize("buffers", ["none", "tuple", "tensor"])
-@pytest.mark.parametrize("name", ["runs", "interleaved", "interleaved with base rows"])
+@pytest.mark.parametrize(
+    "name", ["one adapter", "runs", "base rows mixed in", "interleaved", "interleaved with base rows"]
+)
 def test_wrapper_equals_vllm_for_grouped_and_dense_steps(name, buffers):
     """add_lora_linear, and add_shrink + add_expand with a buffer per slice or one [slices, T, r]."""
     from tuneship.serve.lora_punica import PunicaWrapperTuneship
@@ -199,3 +201,37 @@ def test_wrapper_equals_vllm_for_grouped_and_dense_steps(name, buffers):
         offset += SLICES[i]
     torch.testing.assert_close(ours[has_adapter], theirs[has_adapter], rtol=1e-2, atol=1e-2)
     assert torch.equal(ours[~has_adapter], base[~has_adapter])
+
+
+def _stock_linear(y, x, a, b, indices, scale):
+    offset = 0
+    for i in range(len(SLICES)):
+        buffer = torch.zeros(len(indices), RANK)
+        stock.bgmv_shrink(x, a[i], buffer, indices, scale)
+        stock.bgmv_expand_slice(buffer, b[i], y, indices, offset, SLICES[i], True)
+        offset += SLICES[i]
+
+
+def test_grouped_linear_lays_a_slot_out_once_and_again_when_an_adapter_is_loaded_into_it():
+    """One product each way per adapter group for all slices; the laid-out weights are kept
+    until vLLM copies another adapter into the slot (in place), then laid out again."""
+    from tuneship.serve.lora_ops import SlotWeights, grouped_linear
+
+    indices = torch.tensor(MAPS["base rows mixed in"])
+    has_adapter = indices >= 0
+    plan = StepPlan(indices)
+    a, b = _slice_stacks(seed=11)
+    x = torch.randn(len(indices), HIDDEN).to(torch.bfloat16)
+    weights = SlotWeights()
+    for step in range(3):
+        if step == 2:  # a new adapter in slot 0, copied in place as vLLM's set_lora does
+            g = torch.Generator().manual_seed(99)
+            for stacked in (*a, *b):
+                stacked[0].copy_(torch.randn(stacked[0].shape, generator=g).to(torch.bfloat16))
+        base = torch.randn(len(indices), sum(SLICES)).to(torch.bfloat16)
+        ours, theirs = base.clone(), base.clone()
+        grouped_linear(ours, x, a, b, plan, 0.5, weights)
+        _stock_linear(theirs, x, a, b, indices, 0.5)
+        torch.testing.assert_close(ours[has_adapter], theirs[has_adapter], rtol=1e-2, atol=1e-2)
+        assert torch.equal(ours[~has_adapter], base[~has_adapter]), "a base row was changed"
+        assert len(weights._laid_out) == 3  # slots 0, 1, 2: each laid out once, replaced in place
