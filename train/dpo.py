@@ -39,6 +39,7 @@ from tuneship.train.run import (
     run_lineage,
     run_trainer,
     say,
+    schedule_record,
     trainer_arguments,
     use_bf16,
 )
@@ -79,9 +80,7 @@ def train_dpo(config: TrainConfig, data: Dataset, run_dir: Path, resume: bool) -
         trainer.evaluate()  # the end point, when the last step was no evaluation step
     summary = {
         "steps": trainer.state.global_step,
-        "epochs": round(float(trainer.state.epoch or 0), 2),
-        "learning_rate": trainer.args.learning_rate,
-        "gradient_checkpointing": bool(trainer.args.gradient_checkpointing),
+        **schedule_record(trainer),
         "train_loss": round(float(output.training_loss), 4),
         "train_seconds": round(seconds, 1),
         "num_tokens": int(trainer.state.num_input_tokens_seen) or None,

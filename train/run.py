@@ -215,6 +215,16 @@ def schedule(args: Any, rows: int, epochs: float | str) -> str:
     )
 
 
+def schedule_record(trainer: Any) -> dict[str, Any]:
+    """What the run trained with, for ``run.yaml``'s result: epochs done, peak learning rate,
+    whether activations were recomputed (the resolved values of ``auto`` and unset settings)."""
+    return {
+        "epochs": round(float(trainer.state.epoch or 0), 2),
+        "learning_rate": trainer.args.learning_rate,
+        "gradient_checkpointing": bool(trainer.args.gradient_checkpointing),
+    }
+
+
 def run_trainer(trainer: Any, run_dir: Path, resume: bool, epochs: float | str = "auto") -> tuple[Any, float]:
     """Train (from the last complete checkpoint when resuming); returns TRL's output and the seconds.
 

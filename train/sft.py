@@ -40,6 +40,7 @@ from tuneship.train.run import (
     run_lineage,
     run_trainer,
     say,
+    schedule_record,
     trainer_arguments,
     use_bf16,
 )
@@ -159,9 +160,7 @@ def _train(config: TrainConfig, data: Dataset, run_dir: Path, resume: bool) -> R
     evals = [e["eval_loss"] for e in trainer.state.log_history if "eval_loss" in e]
     summary = {
         "steps": trainer.state.global_step,
-        "epochs": round(float(trainer.state.epoch or 0), 2),
-        "learning_rate": trainer.args.learning_rate,
-        "gradient_checkpointing": bool(trainer.args.gradient_checkpointing),
+        **schedule_record(trainer),
         "train_loss": round(float(output.training_loss), 4),
         "eval_loss": round(evals[-1], 4) if evals else None,
         "train_seconds": round(seconds, 1),

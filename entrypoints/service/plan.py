@@ -14,7 +14,7 @@ from typing import Any
 
 from tuneship.artifacts import write_yaml
 from tuneship.config import load_config
-from tuneship.train.config import TrainConfig, auto_epochs, default_learning_rate
+from tuneship.train.config import TrainConfig, auto_epochs
 
 TRAIN_FILE = "train.yaml"  # the run's settings, as `tuneship train --config` reads them
 RUN_NAME = "run"  # the run directory inside a job's directory
@@ -61,7 +61,7 @@ def train_config(
     """The settings of a job's run: the service's defaults, the resolved hyperparameters, the job's files."""
     h = resolved["hyperparameters"]
     method = "dpo" if resolved["type"] == "dpo" else defaults.method
-    rate = defaults.learning_rate if defaults.learning_rate is not None else default_learning_rate(method)
+    rate = defaults.model_copy(update={"method": method}).peak_learning_rate  # set, else the method's
     steps = math.ceil(examples / (h["batch_size"] * defaults.grad_accum)) * h["n_epochs"]
     every = max(1, math.ceil(steps / CHECKPOINTS_PER_JOB))
     settings = {

@@ -18,7 +18,7 @@ from tuneship.export.parity import (
     last_logits,
     shared_prefix,
 )
-from tuneship.models import load_peft, resolve_base
+from tuneship.models import load_peft
 
 
 def test_shared_prefix_leaves_every_row_a_token_of_its_own():
@@ -54,7 +54,7 @@ def test_bf16_parity_is_what_a_reload_of_the_file_computes(tiny_run, tokenizer, 
     result = export_merged(tiny_run.run_dir, tmp_path / "bf16", dtype="bf16")
     assert result.parity.passed and result.parity.dtype == "bf16"
     reloaded = AutoModelForCausalLM.from_pretrained(result.out, dtype=torch.float32).eval()
-    reference_model = load_peft(resolve_base(str(result.base.path)), tiny_run.adapter_dir).eval()
+    reference_model = load_peft(result.base, tiny_run.adapter_dir).eval()
     reference = last_logits(reference_model, tokenizer, PARITY_PROMPTS)
     again = compare_logits(reference, last_logits(reloaded, tokenizer, PARITY_PROMPTS), "bf16", 8)
     assert again == result.parity
