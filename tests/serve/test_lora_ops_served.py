@@ -63,8 +63,11 @@ def test_base_requests_stay_base_beside_adapter_requests_and_adapter_answers_mat
 
     differ = len(prompts) - _same(ours["base"], ours["adapter"])
     assert differ >= 4, ours  # the adapter matters on these prompts
-    # vLLM's stock ops: base requests batched with adapter requests get the adapter's answers.
-    assert _same(stock["base mixed"], stock["adapter"]) >= 4, stock
+    # vLLM's stock ops: a base request batched with adapter requests gets the adapter's answer.
+    # How many of the six land in one batch is the scheduler's timing (CI once saw 3 of 6), so this
+    # only proves the test does batch base beside adapter requests; the checks of ours are below.
+    assert _same(stock["base mixed"], stock["adapter"]) >= 1, stock
+    assert _same(stock["base"], ours["base"]) >= len(prompts) - 1, (ours, stock)
     # tuneship's ops: they keep the base's answers, and the adapter answers as with the stock ops.
     assert _same(ours["base mixed"], ours["base"]) >= len(prompts) - 1, ours
     assert _same(ours["base mixed"], ours["adapter"]) <= len(prompts) - differ + 1, ours
