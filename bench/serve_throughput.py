@@ -8,11 +8,12 @@ machine, all servers at once, each on its own port: the base alone, the merged e
 LoRA server with four adapters in a registry (hot loading on) twice, once with vLLM's stock CPU
 LoRA ops (TUNESHIP_CPU_LORA_OPS=stock) and once with tuneship's. Every server runs eager
 (vLLM-CPU does not compile a LoRA server, so the base and merged arms do not compile either).
-The arms are measured in turn, --rounds times over, so that a drift of the machine's speed
-(measured here: up to 2x within minutes) hits every arm alike; each arm's ratio to the base is
-taken per round, against the base's figure of the same round, and the median is reported. At
-each concurrency, 2 x concurrency (at least 8) streamed chat requests of exactly --max-tokens
-output tokens (ignore_eos) per arm; "mixed4" sends them round-robin to the four adapters.
+The arms are measured in turn, --rounds times over, each right after a measurement of the
+base, and each arm's ratio to the base is taken against that adjacent figure (this machine's
+speed drifts by up to 2x within minutes, and a long arm such as the stock ops can slow the next
+one); the median over rounds is reported. At each concurrency, --waves x concurrency (at least
+8) streamed chat requests of exactly --max-tokens output tokens (ignore_eos) per arm; "mixed4"
+sends them round-robin to the four adapters.
 Prints output tokens/s and TTFT/TPOT/E2E percentiles (medians of rounds), the ratios, whether
 the two LoRA servers gave the same greedy answers, and hot-load latency p50/p95.
 """
@@ -20,6 +21,7 @@ the two LoRA servers gave the same greedy answers, and hot-load latency p50/p95.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import os
 import shutil
@@ -39,13 +41,15 @@ def prompts(n: int) -> list[list[dict]]:
     return [rows[i % len(rows)]["messages"][:-1] for i in range(n)]
 
 
-def sweep(endpoint: str, model: str | list[str], levels: list[int], max_tokens: int) -> list[dict]:
+def sweep(
+    endpoint: str, model: str | list[str], levels: list[int], max_tokens: int, waves: int
+) -> list[dict]:
     from tuneship.clients.latency import measure_latency
 
     results = []
     for c in levels:
         result = measure_latency(
-            endpoint, model, prompts(max(8, 2 * c)), c, max_tokens, api_key=KEY, ignore_eos=True
+            endpoint, model, prompts(max(8, waves * c)), c, max_tokens, api_key=KEY, ignore_eos=True
         )
         results.append(result.summary())
         label = model if isinstance(model, str) else f"{len(model)} mixed"
@@ -98,14 +102,18 @@ def start_servers(configs: dict, stack) -> dict[str, str]:
     return urls
 
 
-def run_rounds(urls: dict, arms: dict, levels: list[int], max_tokens: int, rounds: int) -> dict:
-    """Every arm (name -> (server, model or models)) in turn, ``rounds`` times over: arm -> a
-    list per round of sweep results (so that each round's ratios compare minutes-apart figures)."""
-    rows: dict[str, list[list[dict]]] = {arm: [] for arm in arms}
-    for i in range(rounds):
-        print(f"round {i + 1} of {rounds}", flush=True)
+def run_rounds(urls: dict, arms: dict, args: argparse.Namespace) -> dict:
+    """Every arm (name -> (server, model or models)) in turn, ``args.rounds`` times over, each
+    right after a measurement of the base (when it runs): arm -> a list per round of sweep
+    results, and for every arm but the base, ``(arm, "base")`` -> the base's just before it."""
+    rows: dict = {}
+    sweep_of = functools.partial(sweep, levels=args.concurrency, max_tokens=args.max_tokens, waves=args.waves)
+    for i in range(args.rounds):
+        print(f"round {i + 1} of {args.rounds}", flush=True)
         for arm, (server, model) in arms.items():
-            rows[arm].append(sweep(urls[server], model, levels, max_tokens))
+            if arm != "base" and "base" in arms:
+                rows.setdefault((arm, "base"), []).append(sweep_of(urls["base"], "base"))
+            rows.setdefault(arm, []).append(sweep_of(urls[server], model))
     return rows
 
 
@@ -120,22 +128,24 @@ def report(rows: dict, levels: list[int], args: argparse.Namespace, base_name: s
     columns = ["output_throughput", "ttft_p50_ms", "ttft_p99_ms", "tpot_p50_ms", "e2e_p50_ms", "e2e_p99_ms"]
     print(f"{'arm':15} {'conc':>4} " + " ".join(f"{c.removesuffix('_ms'):>17}" for c in columns))
     for arm, per_round in rows.items():
+        if isinstance(arm, tuple):
+            continue
         for i, c in enumerate(levels):
             values = [median(r[i][col] for r in per_round) for col in columns]
             print(f"{arm:15} {c:>4} " + " ".join(f"{v:>17.1f}" for v in values))
     for i, c in enumerate(levels if "base" in rows else []):
         parts = []
         for arm, per_round in rows.items():
-            if arm == "base":
+            if arm == "base" or isinstance(arm, tuple):
                 continue
-            pairs = list(zip(per_round, rows["base"], strict=True))
+            pairs = list(zip(per_round, rows[(arm, "base")], strict=True))
             tok = [r[i]["output_throughput"] / b[i]["output_throughput"] for r, b in pairs]
             ttft = [r[i]["ttft_p50_ms"] / b[i]["ttft_p50_ms"] for r, b in pairs]
             parts.append(
                 f"{arm} {median(tok):.2f}x tok/s (rounds {'/'.join(f'{t:.2f}' for t in tok)}), "
                 f"TTFT p50 {median(ttft):.2f}x"
             )
-        print(f"c={c} against base, median of rounds: " + "; ".join(parts))
+        print(f"c={c} against the base measured just before, median of rounds: " + "; ".join(parts))
 
 
 def main() -> None:
@@ -146,6 +156,9 @@ def main() -> None:
     parser.add_argument("--concurrency", type=int, nargs="+", default=[1, 16])
     parser.add_argument(
         "--rounds", type=int, default=3, help="measure every arm this many times, in turn (default 3)"
+    )
+    parser.add_argument(
+        "--waves", type=int, default=4, help="requests per arm: this many times the concurrency (default 4)"
     )
     parser.add_argument("--hot-loads", type=int, default=10)
     parser.add_argument("--port", type=int, default=8031, help="first port; one per server")
@@ -180,7 +193,7 @@ def main() -> None:
             make_adapter(base.path, 16, registry / name, seed=i)
         configs, arms = server_configs(args, base, registry, adapters, work_dir)
         urls = start_servers(configs, stack)
-        rows = run_rounds(urls, arms, args.concurrency, args.max_tokens, args.rounds)
+        rows = run_rounds(urls, arms, args)
         answers = {
             ops: greedy_answers(urls[ops], adapters[0]) for ops in ("stock", "tuneship") if ops in urls
         }

@@ -20,7 +20,9 @@ the dense ops instead (:func:`dense_linear`): one shrink product against every s
 every slice, each token keeping its own slot's columns, and one expand product against every
 slot's B (two products for any number of adapters; ``bench/lora_ops.py``: 16 decode tokens of
 4 interleaved adapters on SmolLM2-135M's shapes, 0.22 of the stock ops' time per layer).
-The weights of both are laid out once and kept until vLLM loads another adapter into a slot.
+The weights of both are laid out once and kept until vLLM loads another adapter into a slot,
+and the products run vLLM-CPU's packed bf16 kernel where the CPU has AMX, else torch's
+matmul (:mod:`tuneship.serve.lora_kernels`).
 Tokens with index ``-1`` get no LoRA at all. Numerics follow the stock ops (shrink in
 float32, expand in the output's dtype).
 
@@ -82,7 +84,8 @@ def fast_ops_status(vllm_version: str | None = None, device: str = "cpu") -> tup
         )
     return True, (
         "LoRA ops: tuneship's grouped CPU ops (a product per adapter group, or one across all "
-        "adapters when their tokens interleave; base rows untouched)"
+        "adapters when their tokens interleave; base rows untouched; vLLM's packed bf16 kernel "
+        "where the CPU has AMX)"
     )
 
 
