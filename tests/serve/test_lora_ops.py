@@ -239,6 +239,12 @@ def _kernels_used(weights) -> set[str]:
     return {"packed" if layout.packed else "torch" for _, layout in weights._laid_out.values()}
 
 
+def _load_into_slot(slot: int, a: list[torch.Tensor], b: list[torch.Tensor]) -> None:
+    """A new adapter in ``slot``, copied in place as vLLM's set_lora does."""
+    for stacked in (*a, *b):
+        stacked[slot].copy_(torch.randn(stacked[slot].shape).to(torch.bfloat16))
+
+
 def _stock_linear(y, x, a, b, indices, scale):
     offset = 0
     for i in range(len(SLICES)):
@@ -261,10 +267,8 @@ def test_grouped_linear_lays_a_slot_out_once_and_again_when_an_adapter_is_loaded
     x = torch.randn(len(indices), HIDDEN).to(torch.bfloat16)
     weights = SlotWeights(packed)
     for step in range(3):
-        if step == 2:  # a new adapter in slot 0, copied in place as vLLM's set_lora does
-            g = torch.Generator().manual_seed(99)
-            for stacked in (*a, *b):
-                stacked[0].copy_(torch.randn(stacked[0].shape, generator=g).to(torch.bfloat16))
+        if step == 2:
+            _load_into_slot(0, a, b)
         base = torch.randn(len(indices), sum(SLICES)).to(torch.bfloat16)
         ours, theirs = base.clone(), base.clone()
         grouped_linear(ours, x, a, b, plan, scale, weights)
@@ -289,10 +293,8 @@ def test_dense_linear_equals_vllm_for_every_token_map_and_follows_a_slot_reload(
     x = torch.randn(len(indices), HIDDEN).to(torch.bfloat16)
     weights = SlotWeights(packed)
     for step in range(2):
-        if step == 1:  # a new adapter in slot 1, copied in place as vLLM's set_lora does
-            g = torch.Generator().manual_seed(7)
-            for stacked in (*a, *b):
-                stacked[1].copy_(torch.randn(stacked[1].shape, generator=g).to(torch.bfloat16))
+        if step == 1:
+            _load_into_slot(1, a, b)
         base = torch.randn(len(indices), sum(SLICES) + 5).to(torch.bfloat16)
         ours, theirs = base.clone(), base.clone()
         dense_linear(ours, x, a, b, plan, scale, weights)
