@@ -11,9 +11,9 @@ from tuneship.models import bf16_supported
 from tuneship.serve.lora_ops import fast_ops_status
 
 MERGED_SPEEDUP = (
-    "(tuneship export RUN --out DIR; tuneship serve --merged DIR: measured 1.25x the output "
-    "tokens/s of one adapter through tuneship's CPU LoRA ops at 16 requests at once, 4x through "
-    "vLLM's stock ops, on 2 CPU cores, bench/serve_throughput.py)"
+    "(tuneship export RUN --out DIR; tuneship serve --merged DIR: measured 1.0-1.4x the output "
+    "tokens/s of one adapter through tuneship's CPU LoRA ops at 16 requests at once, 5-9x "
+    "through vLLM's stock ops, on 2 CPU cores, bench/serve_throughput.py)"
 )
 
 
