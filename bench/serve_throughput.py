@@ -29,6 +29,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from unittest.mock import patch
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "bench"))
@@ -94,10 +95,8 @@ def start_servers(configs: dict, stack) -> dict[str, str]:
     urls = {}
     for name, (config, env) in configs.items():
         started = time.perf_counter()
-        os.environ.update(env)  # the server's processes inherit it when they start
-        urls[name] = stack.enter_context(VLLMServer(config)).url
-        for key in env:
-            os.environ.pop(key)
+        with patch.dict(os.environ, env):  # the server's processes inherit it when they start
+            urls[name] = stack.enter_context(VLLMServer(config)).url
         print(f"{name}: ready in {time.perf_counter() - started:.0f} s", flush=True)
     return urls
 

@@ -171,8 +171,9 @@ def expand(
 
 
 # Up to this many tokens per adapter group, a step of several contiguous groups runs the dense
-# ops too: bench/lora_ops.py's shapes, 4 groups of 16 tokens: 0.80 ms per layer dense against
-# 1.35 grouped; 4 of 64: 1.90 against 2.04; 2 of 128: 1.98 against 1.58.
+# ops too: bench/lora_ops.py's shapes with the packed kernel, two runs, ms per layer dense
+# against grouped: 4 groups of 16 tokens 0.55-0.77 against 1.04-1.05; 2 of 32 0.70-0.72 against
+# 0.65-0.88; 2 of 128 1.38-1.95 against 1.27-1.29.
 DENSE_TOKENS_PER_GROUP = 32
 
 

@@ -78,9 +78,10 @@ class PunicaWrapperTuneship(PunicaWrapperCPU):
     def add_lora_linear(
         self, y, x, lora_a_stacked, lora_b_stacked, scale, output_slices, *, buffer=None, **kwargs
     ):
-        """Straight from shrink to expand, no per-slice buffers: dense steps with the dense ops,
-        contiguous ones with :func:`grouped_linear` (one product each way per adapter group for
-        all slices); anything else as vLLM (its buffers, :meth:`add_shrink`, :meth:`add_expand`)."""
+        """Straight from shrink to expand, no per-slice buffers: dense steps with
+        :func:`dense_linear`, contiguous ones with :func:`grouped_linear` (two products per
+        adapter group for all slices); anything else as vLLM (its buffers, then
+        :meth:`add_shrink` and :meth:`add_expand`, which run the dense ops on a dense step)."""
         plan = self._plan_for(x.view(-1, x.shape[-1]).shape[0])
         if not kwargs.get("add_inputs", True):  # writes instead of adding: vLLM's own path
             plan = None
@@ -89,9 +90,6 @@ class PunicaWrapperTuneship(PunicaWrapperCPU):
         if plan is not None and buffer is None and slices_fit and sum(output_slices) <= flat_y.shape[1]:
             linear = dense_linear if plan.dense else grouped_linear
             return linear(flat_y, flat_x, lora_a_stacked, lora_b_stacked, plan, scale, self.weights_)
-        if plan is not None and buffer is None and plan.dense:
-            shrunk = dense_shrink(flat_x, lora_a_stacked, plan, scale)
-            return dense_expand(flat_y, shrunk, lora_b_stacked, plan, 0, output_slices, True)
         return super().add_lora_linear(
             y, x, lora_a_stacked, lora_b_stacked, scale, output_slices, buffer=buffer, **kwargs
         )
