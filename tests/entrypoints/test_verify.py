@@ -101,7 +101,10 @@ def test_an_adapter_that_is_not_applied_is_caught(smol_server, default_base, smo
         shutil.rmtree(f"{root}/smol-noop")
         unload(smol_server.url, "smol-noop", API_KEY)
     assert result.verdict == "failed" and "applied" in result.failed
-    assert result.checks.applied.changed_when_served == 0
+    # B = 0 serves the base's numbers, but the base's and the adapter's requests share their batches
+    # differently and vLLM-CPU is not batch-invariant: a greedy near-tie may flip (CI saw 1 of 8).
+    applied = result.checks.applied
+    assert applied.changed_by_adapter_locally >= 4 and applied.share <= 0.25, applied
 
 
 def test_a_server_without_tokenize_leaves_the_template_not_checked(smol_server, smol_run):
