@@ -1,6 +1,6 @@
 """Proof that a merged export computes what base + adapter computes: ``parity.json``.
 
-The merged weights, rounded to the saved dtype, are run on fixed chat prompts next to PEFT's
+The merged weights, rounded to the saved dtype, are run on a fixed chat conversation next to PEFT's
 base + adapter in fp32 (what a float32 reload of the file computes; :func:`check_saved_tensors`
 then proves the file holds exactly those weights); the worst logit difference and the share
 of positions with the same greedy token must stay within the saved dtype's tolerance.
@@ -30,6 +30,7 @@ SCHEMA = Path(__file__).parent / "schemas" / "parity.schema.json"
 # (a skipped or doubled adapter moves them by several units).
 TOLERANCE: dict[str, float] = {"fp32": 1e-3, "bf16": 1.0, "fp16": 0.5}
 MIN_AGREEMENT: dict[str, float] = {"fp32": 1.0, "bf16": 0.9, "fp16": 0.95}
+# The GGUF check's prompts (export/gguf_parity.py): each rendered alone, with a continuation.
 PARITY_PROMPTS = [
     "The capital of France is",
     "Write a haiku about the sea.",
@@ -40,17 +41,34 @@ PARITY_PROMPTS = [
     "URGENT: the router keeps crashing after the update",
     "Summarise: the meeting moved to Tuesday at 3pm.",
 ]
+# The merged export's check: one conversation, every position of it compared. Assistant turns are
+# where a fine-tune acts: on the default model and a trained invoice adapter its positions moved by
+# a median 4.6 logits (max |diff| per position) against 3.9 on the 8 user prompts above rendered
+# alone, with 136 positions against 138 in one pass instead of a shared turn and a padded batch
+# (0.28 s against 0.41 s per model on 2 CPU threads).
+PARITY_CONVERSATION = [
+    {"role": "user", "content": "The capital of France is"},
+    {"role": "assistant", "content": "Paris."},
+    {"role": "user", "content": "My order has not arrived and I am upset."},
+    {
+        "role": "assistant",
+        "content": "I am sorry to hear that. Could you share your order number so I can check?",
+    },
+    {"role": "user", "content": "def fibonacci(n):"},
+    {"role": "assistant", "content": "    return n if n < 2 else fibonacci(n - 1) + fibonacci(n - 2)"},
+    {"role": "user", "content": "Translate to German: good morning"},
+]
 
 
 class Parity(BaseModel):
-    """Merged model against PEFT's base + adapter on :data:`PARITY_PROMPTS` (``parity.json``)."""
+    """Merged model against PEFT's base + adapter on :data:`PARITY_CONVERSATION` (``parity.json``)."""
 
     model_config = ConfigDict(use_attribute_docstrings=True, extra="forbid")
 
     prompts: int
-    """Chat-rendered prompts compared."""
+    """User turns of the chat-rendered conversation compared."""
     positions: int
-    """Distinct token positions compared (the prefix all prompts share counted once)."""
+    """Token positions compared: every token of the rendered conversation."""
     max_abs_logit_diff: float
     """Largest |logit difference| at any position and vocabulary entry (fp32 logits)."""
     greedy_agreement: float
@@ -72,63 +90,24 @@ class Parity(BaseModel):
         )
 
 
-def last_logits(model: Any, tokenizer: Any, prompts: list[str]) -> list[Any]:
-    """Logits (fp32, no grad) at every distinct position of the chat-rendered prompts.
-
-    Returns (tokens, vocab) tensors: the rows of the prefix every prompt shares (the template's
-    system turn), once, then each prompt's own rows. The shared prefix goes through the model
-    once and its key/value cache is copied to every prompt; the prompts' own tokens then go
-    through in one right-padded batch (on a CPU this is about half the work of running every
-    prompt whole, ~300 positions against ~140 for :data:`PARITY_PROMPTS`). Under the causal mask
-    the padding after a prompt cannot change its positions, so each prompt's rows are what it
-    alone would give (to float rounding, far below the fp32 tolerance).
-    """
+def conversation_logits(model: Any, tokenizer: Any) -> Any:
+    """Logits (fp32, no grad) at every position of :data:`PARITY_CONVERSATION` rendered with the
+    tokenizer's chat template, ending in the generation prompt: a (tokens, vocab) tensor from one
+    forward pass."""
     import torch
 
-    rows = [
-        tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True, return_dict=False
-        )
-        for prompt in prompts
-    ]
-    shared = shared_prefix(rows)
-    tails = [r[shared:] for r in rows]
-    width = max(len(t) for t in tails)
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    ids = torch.tensor([t + [pad] * (width - len(t)) for t in tails])
-    mask = torch.tensor([[1] * (shared + len(t)) + [0] * (width - len(t)) for t in tails])
-    head, cache = [], None
+    ids = tokenizer.apply_chat_template(PARITY_CONVERSATION, add_generation_prompt=True, return_dict=False)
     with torch.no_grad():
-        if shared:
-            out = model(input_ids=torch.tensor([rows[0][:shared]]), use_cache=True)
-            head, cache = [out.logits[0].float()], out.past_key_values
-            cache.batch_repeat_interleave(len(rows))
-        logits = model(input_ids=ids, attention_mask=mask, past_key_values=cache).logits.float()
-    return head + [logits[i, : len(t)] for i, t in enumerate(tails)]
+        return model(input_ids=torch.tensor([ids])).logits[0].float()
 
 
-def shared_prefix(rows: list[list[int]]) -> int:
-    """Length of the token prefix all ``rows`` share, leaving every row at least one token of its own."""
-    length = 0
-    while all(len(r) > length + 1 for r in rows) and len({r[length] for r in rows}) == 1:
-        length += 1
-    return length
-
-
-def compare_logits(reference: list[Any], candidate: list[Any], dtype: Dtype, prompts: int) -> Parity:
-    """Compare two models' :func:`last_logits` block by block and judge them against ``dtype``'s limits.
-
-    ``prompts`` is the number of prompts they came from (recorded in the result).
-    """
-    import torch
-
-    max_diff = max(float((r - c).abs().max()) for r, c in zip(reference, candidate, strict=True))
-    agree = torch.cat(
-        [(r.argmax(-1) == c.argmax(-1)).float() for r, c in zip(reference, candidate, strict=True)]
-    )
+def compare_logits(reference: Any, candidate: Any, dtype: Dtype) -> Parity:
+    """Compare two models' :func:`conversation_logits` and judge them against ``dtype``'s limits."""
+    max_diff = float((reference - candidate).abs().max())
+    agree = (reference.argmax(-1) == candidate.argmax(-1)).float()
     max_diff, agreement = round(max_diff, 6), round(float(agree.mean()), 4)
     return Parity(
-        prompts=prompts,
+        prompts=sum(m["role"] == "user" for m in PARITY_CONVERSATION),
         positions=int(agree.numel()),
         max_abs_logit_diff=max_diff,
         greedy_agreement=agreement,

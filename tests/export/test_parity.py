@@ -12,20 +12,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from tuneship.errors import ArtifactError
 from tuneship.export.merge import export_merged
 from tuneship.export.parity import (
-    PARITY_PROMPTS,
+    PARITY_CONVERSATION,
     check_saved_tensors,
     compare_logits,
-    last_logits,
-    shared_prefix,
+    conversation_logits,
 )
 from tuneship.models import load_peft
-
-
-def test_shared_prefix_leaves_every_row_a_token_of_its_own():
-    assert shared_prefix([[1, 2, 3, 4], [1, 2, 5], [1, 2, 3]]) == 2
-    assert shared_prefix([[1, 2], [1, 2]]) == 1  # identical rows keep their last token
-    assert shared_prefix([[7], [7, 8]]) == 0
-    assert shared_prefix([[1, 2, 3], [4, 2, 3]]) == 0
 
 
 @pytest.fixture(scope="module")
@@ -33,19 +25,16 @@ def tokenizer(tiny_base):
     return AutoTokenizer.from_pretrained(tiny_base)
 
 
-def test_shared_prefix_logits_equal_each_prompt_run_whole(tiny_base, tokenizer):
+def test_the_check_scores_every_token_of_a_conversation_with_assistant_turns(tiny_base, tokenizer):
     model = AutoModelForCausalLM.from_pretrained(tiny_base, dtype=torch.float32).eval()
-    blocks = last_logits(model, tokenizer, PARITY_PROMPTS)
-    assert len(blocks) == len(PARITY_PROMPTS) + 1  # the system turn once, then each prompt's own rows
-    for prompt, own in zip(PARITY_PROMPTS, blocks[1:], strict=True):
-        ids = tokenizer.apply_chat_template(
-            [{"role": "user", "content": prompt}], add_generation_prompt=True, return_dict=False
-        )
-        with torch.no_grad():
-            whole = model(input_ids=torch.tensor([ids])).logits[0]
-        shared = blocks[0].shape[0]
-        assert torch.allclose(whole[:shared], blocks[0], atol=1e-4)
-        assert torch.allclose(whole[shared:], own, atol=1e-4)
+    text = tokenizer.apply_chat_template(PARITY_CONVERSATION, add_generation_prompt=True, tokenize=False)
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    logits = conversation_logits(model, tokenizer)
+    assert logits.dtype == torch.float32 and logits.shape == (len(ids), model.config.vocab_size)
+    answers = [m["content"] for m in PARITY_CONVERSATION if m["role"] == "assistant"]
+    assert len(answers) >= 3 and all(a in text for a in answers)
+    with torch.no_grad():
+        assert torch.equal(logits, model(input_ids=torch.tensor([ids])).logits[0])
 
 
 def test_bf16_parity_is_what_a_reload_of_the_file_computes(tiny_run, tokenizer, tmp_path):
@@ -55,8 +44,8 @@ def test_bf16_parity_is_what_a_reload_of_the_file_computes(tiny_run, tokenizer, 
     assert result.parity.passed and result.parity.dtype == "bf16"
     reloaded = AutoModelForCausalLM.from_pretrained(result.out, dtype=torch.float32).eval()
     reference_model = load_peft(result.base, tiny_run.adapter_dir).eval()
-    reference = last_logits(reference_model, tokenizer, PARITY_PROMPTS)
-    again = compare_logits(reference, last_logits(reloaded, tokenizer, PARITY_PROMPTS), "bf16", 8)
+    reference = conversation_logits(reference_model, tokenizer)
+    again = compare_logits(reference, conversation_logits(reloaded, tokenizer), "bf16")
     assert again == result.parity
     assert result.parity.max_abs_logit_diff > 0  # rounding to bf16 did move the logits
 
@@ -80,3 +69,30 @@ def test_a_file_that_differs_from_the_checked_weights_is_refused(tiny_export, tm
     fresh = AutoModelForCausalLM.from_pretrained(tiny_export.out, dtype=torch.float32)
     with pytest.raises(ArtifactError, match=f"lack 1 tensor\\(s\\) of the model \\(e.g. {dropped}\\)"):
         check_saved_tensors(fresh, partial)
+
+
+@pytest.mark.parametrize("wrong", ["doubled", "last layer left out"])
+def test_a_wrong_merge_is_refused_and_nothing_is_written(tiny_base, tmp_path, monkeypatch, wrong):
+    """PEFT's merge made wrong on purpose after the reference was computed: the adapter's delta
+    twice, or the last layer's modules left unmerged. A correct merge of the same adapter passes."""
+    from helpers import make_adapter
+    from peft.tuners.lora import LoraModel
+
+    adapter = make_adapter(tiny_base, tmp_path / "adapter", seed=5)
+    assert export_merged(adapter, tmp_path / "right").parity.passed
+    last = f"layers.{AutoModelForCausalLM.from_pretrained(tiny_base).config.num_hidden_layers - 1}."
+    original = LoraModel.merge_and_unload
+    changed = []
+
+    def wrong_merge(self, *args, **kwargs):
+        for name, module in self.model.named_modules():
+            if isinstance(getattr(module, "scaling", None), dict) and "default" in module.scaling:
+                if wrong == "doubled" or last in name:
+                    module.scaling["default"] *= 2 if wrong == "doubled" else 0
+                    changed.append(name)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(LoraModel, "merge_and_unload", wrong_merge)
+    with pytest.raises(ArtifactError, match="merged model does not match base \\+ adapter"):
+        export_merged(adapter, tmp_path / "wrong")
+    assert changed and not (tmp_path / "wrong").exists()
