@@ -45,6 +45,7 @@ from tuneship.export.parity import (
     compare_logits,
     conversation_logits,
     round_weights,
+    use_rounded,
 )
 from tuneship.lineage import Lineage, read_lineage, write_lineage
 from tuneship.models import ResolvedBase, base_of_adapter, load_peft
@@ -146,7 +147,9 @@ def export_merged(
     peft_model.eval()
     reference = conversation_logits(peft_model, tokenizer)
     merged = peft_model.merge_and_unload()
+    rounded = round_weights(merged, _torch_dtype(dtype))  # the values the file will hold
     parity = check_merged(merged, tokenizer, reference, dtype)  # before anything is written
+    use_rounded(merged, rounded)
     lineage = adapter_lineage.model_copy(
         update={
             "kind": "merged-model",
@@ -156,7 +159,7 @@ def export_merged(
         }
     )
     with atomic_dir(out, force=force) as tmp:
-        save_merged(merged, tokenizer, base, tmp, dtype, shard_size)
+        save_merged(merged, tokenizer, base, tmp, shard_size)
         check_saved_tensors(merged, tmp)  # the file holds exactly the weights just checked
         (tmp / PARITY).write_text(parity.model_dump_json(indent=2) + "\n")
         write_lineage(tmp, lineage)
@@ -203,15 +206,14 @@ def check_loaded_keys(peft_model: Any, adapter: Path, report: AdapterReport) -> 
     raise ArtifactError(f"{adapter}: {'; '.join(details)}; merging would write the base unchanged. {todo}")
 
 
-def save_merged(
-    merged: Any, tokenizer: Any, base: ResolvedBase, out: Path, dtype: Dtype, shard_size: str
-) -> None:
-    """Weights in ``dtype``, the tokenizer (with the run's template) and a generation config
-    whose end-of-sequence ids include the template's end-of-turn token (the server stops on them).
+def save_merged(merged: Any, tokenizer: Any, base: ResolvedBase, out: Path, shard_size: str) -> None:
+    """The weights in their dtype (:func:`use_rounded` gave them the saved one), the tokenizer
+    (with the run's template) and a generation config whose end-of-sequence ids include the
+    template's end-of-turn token (the server stops on them).
     """
     from transformers import GenerationConfig
 
-    merged.to(_torch_dtype(dtype)).save_pretrained(out, max_shard_size=shard_size)
+    merged.save_pretrained(out, max_shard_size=shard_size)
     tokenizer.save_pretrained(out)
     generation = (
         GenerationConfig.from_pretrained(base.path)
@@ -225,12 +227,11 @@ def save_merged(
 
 
 def check_merged(merged: Any, tokenizer: Any, reference: Any, dtype: Dtype) -> Parity:
-    """Round the merged weights to ``dtype`` (in place, float32 storage) and compare them, computed
-    in float32, with base + adapter (``reference``): what a float32 reload of the saved file gives.
+    """Compare the merged weights, rounded to ``dtype`` (:func:`round_weights`) and computed in
+    float32, with base + adapter (``reference``): what a float32 reload of the saved file gives.
 
     Raises ArtifactError when they do not match within ``dtype``'s limits.
     """
-    round_weights(merged, _torch_dtype(dtype))
     parity = compare_logits(reference, conversation_logits(merged, tokenizer), dtype)
     if not parity.passed:
         raise ArtifactError(f"merged model does not match base + adapter: {parity.summary()}")

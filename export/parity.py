@@ -118,17 +118,32 @@ def compare_logits(reference: Any, candidate: Any, dtype: Dtype) -> Parity:
     )
 
 
-def round_weights(model: Any, dtype: Any) -> None:
+def round_weights(model: Any, dtype: Any) -> dict[int, Any]:
     """Round every floating tensor the model saves (parameters, persistent buffers) to ``dtype``'s
     values in place, keeping their own dtype: the weights as a file in ``dtype`` holds them, as a
     float32 reload of it computes with them. Non-persistent buffers (rotary frequencies) stay as
-    the model computed them, as a reload recomputes them."""
+    the model computed them, as a reload recomputes them.
+
+    Returns the rounded tensors in ``dtype``, by the address of the tensor each rounds, for
+    :func:`use_rounded` (converting the model again to save it took 0.2 s of the default model's
+    export)."""
     import torch
 
+    rounded: dict[int, Any] = {}
     with torch.no_grad():
         for tensor in model.state_dict().values():
-            if tensor.is_floating_point() and tensor.dtype != dtype:
-                tensor.copy_(tensor.to(dtype))
+            if tensor.is_floating_point() and tensor.dtype != dtype and tensor.data_ptr() not in rounded:
+                rounded[tensor.data_ptr()] = low = tensor.to(dtype)
+                tensor.copy_(low)
+    return rounded
+
+
+def use_rounded(model: Any, rounded: dict[int, Any]) -> None:
+    """Point the model's parameters and buffers at their copies from :func:`round_weights`: the
+    same values, in the saved dtype (a tied weight is one parameter, pointed once)."""
+    for tensor in [*model.parameters(), *model.buffers()]:
+        if tensor.data_ptr() in rounded:
+            tensor.data = rounded[tensor.data_ptr()]
 
 
 def check_saved_tensors(model: Any, directory: Path) -> None:
