@@ -11,7 +11,7 @@ LoRA ops (TUNESHIP_CPU_LORA_OPS=stock) and once with tuneship's. Every server ru
 The arms are measured in turn, --rounds times over, each right after a measurement of the
 base, and each arm's ratio to the base is taken against that adjacent figure (this machine's
 speed drifts by up to 2x within minutes, and a long arm such as the stock ops can slow the next
-one); the median over rounds is reported. At each concurrency, --waves x concurrency (at least
+one); those measurements are also the base's own figures. The median over rounds is reported. At each concurrency, --waves x concurrency (at least
 8) streamed chat requests of exactly --max-tokens output tokens (ignore_eos) per arm; "mixed4"
 sends them round-robin to the four adapters.
 Prints output tokens/s and TTFT/TPOT/E2E percentiles (medians of rounds), the ratios, whether
@@ -101,23 +101,33 @@ def start_servers(configs: dict, stack) -> dict[str, str]:
     return urls
 
 
-def run_rounds(urls: dict, arms: dict, args: argparse.Namespace) -> dict:
+def run_rounds(urls: dict, arms: dict, args: argparse.Namespace) -> tuple[dict, dict]:
     """Every arm (name -> (server, model or models)) in turn, ``args.rounds`` times over, each
-    right after a measurement of the base (when it runs): arm -> a list per round of sweep
-    results, and for every arm but the base, ``(arm, "base")`` -> the base's just before it."""
-    rows: dict = {}
+    right after a measurement of the base (when the base is an arm; those measurements are the
+    base's own rows). Returns arm -> a list of sweep results, one per round (the base: one per
+    other arm and round), and arm -> the base's sweep measured just before each of its rounds."""
+    rows: dict[str, list] = {}
+    base_before: dict[str, list] = {}
     sweep_of = functools.partial(sweep, levels=args.concurrency, max_tokens=args.max_tokens, waves=args.waves)
+    paired = "base" in arms and len(arms) > 1
     for i in range(args.rounds):
         print(f"round {i + 1} of {args.rounds}", flush=True)
         for arm, (server, model) in arms.items():
-            if arm != "base" and "base" in arms:
-                rows.setdefault((arm, "base"), []).append(sweep_of(urls["base"], "base"))
+            if paired and arm == "base":
+                continue  # measured before each other arm instead
+            if paired:
+                base = sweep_of(urls["base"], "base")
+                rows.setdefault("base", []).append(base)
+                base_before.setdefault(arm, []).append(base)
             rows.setdefault(arm, []).append(sweep_of(urls[server], model))
-    return rows
+    return rows, base_before
 
 
-def report(rows: dict, levels: list[int], args: argparse.Namespace, base_name: str) -> None:
-    """The median round of every arm, and each arm's per-round ratios to the base's same round."""
+def report(
+    rows: dict, base_before: dict, levels: list[int], args: argparse.Namespace, base_name: str
+) -> None:
+    """The median round of every arm, and each arm's per-round ratios to the base measured just
+    before it (``base_before``, from :func:`run_rounds`)."""
     from statistics import median
 
     print(
@@ -127,17 +137,13 @@ def report(rows: dict, levels: list[int], args: argparse.Namespace, base_name: s
     columns = ["output_throughput", "ttft_p50_ms", "ttft_p99_ms", "tpot_p50_ms", "e2e_p50_ms", "e2e_p99_ms"]
     print(f"{'arm':15} {'conc':>4} " + " ".join(f"{c.removesuffix('_ms'):>17}" for c in columns))
     for arm, per_round in rows.items():
-        if isinstance(arm, tuple):
-            continue
         for i, c in enumerate(levels):
             values = [median(r[i][col] for r in per_round) for col in columns]
             print(f"{arm:15} {c:>4} " + " ".join(f"{v:>17.1f}" for v in values))
-    for i, c in enumerate(levels if "base" in rows else []):
+    for i, c in enumerate(levels if base_before else []):
         parts = []
-        for arm, per_round in rows.items():
-            if arm == "base" or isinstance(arm, tuple):
-                continue
-            pairs = list(zip(per_round, rows[(arm, "base")], strict=True))
+        for arm, bases in base_before.items():
+            pairs = list(zip(rows[arm], bases, strict=True))
             tok = [r[i]["output_throughput"] / b[i]["output_throughput"] for r, b in pairs]
             ttft = [r[i]["ttft_p50_ms"] / b[i]["ttft_p50_ms"] for r, b in pairs]
             parts.append(
@@ -192,7 +198,7 @@ def main() -> None:
             make_adapter(base.path, 16, registry / name, seed=i)
         configs, arms = server_configs(args, base, registry, adapters, work_dir)
         urls = start_servers(configs, stack)
-        rows = run_rounds(urls, arms, args)
+        rows, base_before = run_rounds(urls, arms, args)
         answers = {
             ops: greedy_answers(urls[ops], adapters[0]) for ops in ("stock", "tuneship") if ops in urls
         }
@@ -201,7 +207,7 @@ def main() -> None:
             if "tuneship" in urls
             else []
         )
-    report(rows, args.concurrency, args, base.name)
+    report(rows, base_before, args.concurrency, args, base.name)
     if len(answers) == 2:
         same = sum(a == b for a, b in zip(answers["stock"], answers["tuneship"], strict=True))
         total = len(answers["stock"])
