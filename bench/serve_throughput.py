@@ -11,9 +11,10 @@ LoRA ops (TUNESHIP_CPU_LORA_OPS=stock) and once with tuneship's. Every server ru
 The arms are measured in turn, --rounds times over, each right after a measurement of the
 base, and each arm's ratio to the base is taken against that adjacent figure (this machine's
 speed drifts by up to 2x within minutes, and a long arm such as the stock ops can slow the next
-one); those measurements are also the base's own figures. The median over rounds is reported. At each concurrency, --waves x concurrency (at least
-8) streamed chat requests of exactly --max-tokens output tokens (ignore_eos) per arm; "mixed4"
-sends them round-robin to the four adapters.
+one); those measurements are also the base's own figures. The median over rounds is
+reported. At each concurrency, --waves x concurrency (at least 8) streamed chat requests of
+exactly --max-tokens output tokens (ignore_eos) per arm; "mixed4" sends them round-robin to
+the four adapters.
 Prints output tokens/s and TTFT/TPOT/E2E percentiles (medians of rounds), the ratios, whether
 the two LoRA servers gave the same greedy answers, and hot-load latency p50/p95.
 """
