@@ -17,7 +17,19 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict
 
 from tuneship.export.gguf_file import Quant
-from tuneship.export.parity import PARITY_PROMPTS
+
+# Rendered one at a time, each with a greedy continuation (the merged export's check uses one
+# conversation instead: export/parity.py).
+PARITY_PROMPTS = [
+    "The capital of France is",
+    "Write a haiku about the sea.",
+    "My order has not arrived and I am upset.",
+    "def fibonacci(n):",
+    "Translate to German: good morning",
+    "List three primary colours:",
+    "URGENT: the router keeps crashing after the update",
+    "Summarise: the meeting moved to Tuesday at 3pm.",
+]
 
 # Limits per GGUF type, from measurement (2026-12-01, 2 CPU threads): SmolLM2-135M + an all-linear
 # LoRA adapter with random non-zero weights (alpha 2r: a far larger change than a trained adapter

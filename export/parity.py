@@ -32,22 +32,11 @@ SCHEMA = Path(__file__).parent / "schemas" / "parity.schema.json"
 # none 14.3 (the random adapter: 4.9 to 42.8). One module of 210 left unmerged stays within it.
 TOLERANCE: dict[str, float] = {"fp32": 1e-3, "bf16": 1.0, "fp16": 0.5}
 MIN_AGREEMENT: dict[str, float] = {"fp32": 1.0, "bf16": 0.9, "fp16": 0.95}
-# The GGUF check's prompts (export/gguf_parity.py): each rendered alone, with a continuation.
-PARITY_PROMPTS = [
-    "The capital of France is",
-    "Write a haiku about the sea.",
-    "My order has not arrived and I am upset.",
-    "def fibonacci(n):",
-    "Translate to German: good morning",
-    "List three primary colours:",
-    "URGENT: the router keeps crashing after the update",
-    "Summarise: the meeting moved to Tuesday at 3pm.",
-]
 # The merged export's check: one conversation, every position of it compared. Assistant turns are
 # where a fine-tune acts: on the default model and a trained invoice adapter its positions moved by
-# a median 4.6 logits (max |diff| per position) against 3.9 on the 8 user prompts above rendered
-# alone, with 136 positions against 138 in one pass instead of a shared turn and a padded batch
-# (0.28 s against 0.41 s per model on 2 CPU threads).
+# a median 4.6 logits (max |diff| per position) against 3.9 on the 8 user prompts of
+# export/gguf_parity.py rendered alone, with 136 positions against 138 in one pass instead of a
+# shared turn and a padded batch (0.28 s against 0.41 s per model on 2 CPU threads).
 PARITY_CONVERSATION = [
     {"role": "user", "content": "The capital of France is"},
     {"role": "assistant", "content": "Paris."},
